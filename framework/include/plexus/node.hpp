@@ -1,0 +1,321 @@
+// plexus::node: a service host, RPC client, publisher and subscriber in one object.
+//
+//   plexus::node n({.name = "calc"});
+//   n.serve("calc").method("add", [](const add_req& r) { return add_rep{r.a + r.b}; });
+//   n.start();                                      // binds, ready to serve
+//   auto rep = other.call<add_rep>("calc", "add", add_req{1, 2});
+//
+// Threading model (docs/THREADING.md):
+//  - Every ZeroMQ socket belongs to exactly one thread.
+//  - The node's I/O thread owns the ROUTER (server), PUB, SUB and the DEALERs used
+//    by asynchronous calls. Handlers declared execution::inline_loop run there.
+//  - Handlers declared execution::pool (the default) run on a worker pool; their
+//    replies return to the I/O thread through an eventfd-signalled queue.
+//  - A synchronous call runs on the calling thread, over a DEALER that thread owns
+//    (one per thread and peer, created on first use): no hop through the I/O thread.
+//  - Every public member function is safe to call from any thread, except that a
+//    synchronous call from the I/O thread (an inline handler) fails at once with
+//    failed_precondition rather than deadlock.
+//  - start() and stop() are synchronous and bounded by node_options::shutdown_timeout.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <plexus/codec.hpp>
+#include <plexus/context.hpp>
+#include <plexus/error.hpp>
+#include <plexus/headers.hpp>
+
+namespace plexus {
+
+namespace detail {
+class node_impl;
+
+template <class F>
+struct first_arg : first_arg<decltype(&F::operator())> {};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...)> {
+    using type = std::remove_cvref_t<A>;
+};
+template <class C, class R, class A, class... Rest>
+struct first_arg<R (C::*)(A, Rest...) const> {
+    using type = std::remove_cvref_t<A>;
+};
+template <class C, class R, class A, class... Rest>
+struct first_arg<R (C::*)(A, Rest...)> {
+    using type = std::remove_cvref_t<A>;
+};
+} // namespace detail
+
+// Reserved service served by every node: methods "ping", "describe", "stats".
+inline constexpr std::string_view system_service = "plexus";
+
+enum class execution : std::uint8_t {
+    inline_loop, // on the I/O thread: fastest; must not block and must not make synchronous calls
+    pool,        // on a worker thread: may block and call other services
+};
+
+enum class overflow : std::uint8_t {
+    block, // publish() waits for room (ZMQ_XPUB_NODROP back-pressure), bounded by the call's timeout
+    drop,  // publish() returns false and the drop is counted
+};
+
+enum class log_level : std::uint8_t { trace, debug, info, warn, error, off };
+
+struct node_options {
+    std::string name = "node";
+    // RPC (ROUTER) endpoints to bind. "tcp://127.0.0.1:*" picks a free port.
+    std::vector<std::string> bind{"tcp://127.0.0.1:*"};
+    // Event (PUB) endpoints to bind. Empty: this node does not publish.
+    std::vector<std::string> pub_bind{"tcp://127.0.0.1:*"};
+    // Peers' RPC endpoints. The node asks each for `describe` to learn the services
+    // it offers and its event endpoints (retrying until the peer answers).
+    std::vector<std::string> connect;
+    // Event endpoints of publishers to subscribe to directly (e.g. a plain PUB).
+    std::vector<std::string> subscribe_to;
+    // Threads running execution::pool handlers and async-call callbacks.
+    unsigned workers = 4;
+    // Largest message accepted (ZMQ_MAXMSGSIZE) and sent; larger ones fail with
+    // resource_exhausted before they leave.
+    std::int64_t max_message_size = 4 * 1024 * 1024;
+    // Timeout of a call whose call_options leave it at zero.
+    std::chrono::milliseconds default_timeout{5000};
+    // Bound on stop(): running handlers finish and queued replies and events flush
+    // within it; what is still pending after it is failed with `cancelled`.
+    std::chrono::milliseconds shutdown_timeout{2000};
+    // Publisher's policy when a subscriber is slower than the publisher.
+    plexus::overflow publish_overflow = overflow::block;
+    // High-water marks (messages) of every socket.
+    int send_hwm = 10000;
+    int recv_hwm = 10000;
+    log_level log = log_level::info;
+    // Where log lines go (one logfmt line each, no newline). Default: stderr.
+    std::function<void(log_level, std::string_view)> log_sink;
+};
+
+// What a handler receives. Views valid while the handler runs.
+struct request {
+    std::string_view service;
+    std::string_view method;
+    std::string_view body;
+    std::uint64_t id = 0;
+    // The handler's context: the request's headers and deadline. Calls and publishes
+    // made while handling carry it on (see context.hpp).
+    plexus::context& context;
+};
+
+struct call_options {
+    // 0: node_options::default_timeout. The effective deadline is the earlier of this
+    // and the current context's deadline.
+    std::chrono::milliseconds timeout{0};
+    // Set on top of the propagated context headers for this call only.
+    plexus::headers headers;
+    // Send to this RPC endpoint instead of resolving the service by name.
+    std::string endpoint;
+};
+
+struct reply {
+    plexus::status status;
+    std::string body;
+
+    [[nodiscard]] bool ok() const noexcept { return status.ok(); }
+    // Throws plexus::error(status) when not ok.
+    void check() const {
+        if (!status.ok()) throw plexus::error(status);
+    }
+    template <class T>
+    [[nodiscard]] T as() const {
+        check();
+        return plexus::unpack<T>(body);
+    }
+};
+
+struct event {
+    std::string topic;
+    std::string body;
+    plexus::headers headers;
+    std::uint64_t seq = 0;
+    std::string source; // publishing node's id, 16 bytes (may be empty for plain publishers)
+
+    template <class T>
+    [[nodiscard]] T as() const {
+        return plexus::unpack<T>(body);
+    }
+};
+
+struct method_options {
+    execution exec = execution::pool;
+    std::string doc;
+};
+
+using raw_handler = std::function<std::string(request&)>;
+using event_handler = std::function<void(const event&)>;
+
+class service_builder {
+public:
+    service_builder& doc(std::string text);
+
+    // Handler over raw bytes: returns the reply body. Throwing plexus::error replies
+    // with its code and message; any other exception replies `internal`.
+    service_builder& raw_method(std::string name, raw_handler fn, method_options opts = {},
+                                std::string request_shape = {}, std::string reply_shape = {});
+
+    // Typed handler: F is callable as Rep(const Req&) or Rep(const Req&, request&),
+    // with Req deduced from F's (non-generic) call operator. Req and Rep travel through
+    // msgpack-c adaptors; a body that does not decode as Req is answered
+    // invalid_argument without calling F.
+    template <class F>
+    service_builder& method(std::string name, F fn, method_options opts = {}) {
+        using Req = typename detail::first_arg<F>::type;
+        using Rep = std::conditional_t<std::is_invocable_v<F, const Req&, request&>,
+                                       std::invoke_result<F, const Req&, request&>,
+                                       std::invoke_result<F, const Req&>>;
+        using R = typename Rep::type;
+        raw_handler h = [fn = std::move(fn)](request& rq) -> std::string {
+            Req in = plexus::unpack<Req>(rq.body);
+            if constexpr (std::is_invocable_v<F, const Req&, request&>) {
+                if constexpr (std::is_void_v<R>) {
+                    fn(in, rq);
+                    return std::string(1, '\xc0');
+                } else {
+                    return plexus::pack(fn(in, rq));
+                }
+            } else {
+                if constexpr (std::is_void_v<R>) {
+                    fn(in);
+                    return std::string(1, '\xc0');
+                } else {
+                    return plexus::pack(fn(in));
+                }
+            }
+        };
+        return raw_method(std::move(name), std::move(h), std::move(opts), shape_of<Req>(), shape_of<R>());
+    }
+
+private:
+    friend class detail::node_impl;
+    service_builder(detail::node_impl& impl, std::string service) : impl_(&impl), service_(std::move(service)) {}
+    detail::node_impl* impl_;
+    std::string service_;
+};
+
+// Receives events while it lives; unsubscribes when destroyed or cancelled.
+class subscription {
+public:
+    subscription() = default;
+    subscription(subscription&&) noexcept;
+    subscription& operator=(subscription&&) noexcept;
+    subscription(const subscription&) = delete;
+    subscription& operator=(const subscription&) = delete;
+    ~subscription();
+    void cancel() noexcept;
+    [[nodiscard]] bool active() const noexcept { return id_ != 0; }
+
+private:
+    friend class detail::node_impl;
+    subscription(std::weak_ptr<detail::node_impl> impl, std::uint64_t id) : impl_(std::move(impl)), id_(id) {}
+    std::weak_ptr<detail::node_impl> impl_;
+    std::uint64_t id_ = 0;
+};
+
+struct topic_stats {
+    std::string topic;
+    std::uint64_t published = 0, dropped = 0, received = 0, gaps = 0;
+};
+struct method_stats {
+    std::string service, method;
+    std::uint64_t calls = 0, errors = 0, in_flight = 0;
+};
+struct node_stats {
+    std::vector<method_stats> methods;
+    std::vector<topic_stats> topics;
+    std::uint64_t malformed = 0;           // undecodable envelopes received
+    std::uint64_t unsupported_version = 0; // envelopes of another protocol version
+    std::uint64_t calls_sent = 0, call_errors = 0;
+};
+
+class node {
+public:
+    explicit node(node_options opts = {});
+    ~node(); // stop(), then releases everything
+    node(const node&) = delete;
+    node& operator=(const node&) = delete;
+
+    // Declares a service; before start() only. Throws failed_precondition afterwards,
+    // invalid_argument for the reserved name "plexus" or an empty name.
+    service_builder serve(std::string service);
+    // Declares a topic this node publishes, for `describe`. Optional.
+    void declare_topic(std::string topic, std::string doc = {}, std::string shape = {});
+    template <class T>
+    void declare_topic(std::string topic, std::string doc = {}) {
+        declare_topic(std::move(topic), std::move(doc), shape_of<T>());
+    }
+
+    // Binds and starts the I/O and worker threads; returns when ready to serve.
+    // Throws plexus::error (e.g. unavailable when an endpoint cannot be bound).
+    void start();
+    // Idempotent and bounded (node_options::shutdown_timeout). Calls in flight fail
+    // with `cancelled`.
+    void stop();
+
+    [[nodiscard]] const std::string& name() const noexcept;
+    [[nodiscard]] std::string id_hex() const;
+    // Endpoints actually bound (ports resolved), valid after start().
+    [[nodiscard]] std::vector<std::string> endpoints() const;
+    [[nodiscard]] std::vector<std::string> pub_endpoints() const;
+
+    // Adds a peer's RPC endpoint at run time (same as node_options::connect).
+    void connect(std::string endpoint);
+    // Subscribes the event socket to a publisher's endpoint directly.
+    void connect_events(std::string endpoint);
+
+    // --- request-response ---
+    // Non-throwing: every failure is in reply::status (deadline_exceeded, unavailable, ...).
+    [[nodiscard]] reply call_raw(std::string_view service, std::string_view method, std::string body,
+                                 const call_options& opts = {});
+    // Typed and throwing.
+    template <class Rep, class Req>
+    Rep call(std::string_view service, std::string_view method, const Req& req, const call_options& opts = {}) {
+        reply r = call_raw(service, method, plexus::pack(req), opts);
+        if constexpr (std::is_void_v<Rep>) {
+            r.check();
+        } else {
+            return r.as<Rep>();
+        }
+    }
+    // Asynchronous: sent through the I/O thread, many in flight on one connection.
+    // The future always becomes ready by the call's deadline.
+    [[nodiscard]] std::future<reply> call_async(std::string_view service, std::string_view method, std::string body,
+                                                const call_options& opts = {});
+    // The callback runs on a worker thread with the caller's context current.
+    void call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+                    std::function<void(reply)> on_done);
+
+    // --- publish-subscribe ---
+    // Returns false when the event was dropped (overflow::drop and no room, or the
+    // node is stopped). Headers of the current context travel with the event.
+    bool publish_raw(std::string_view topic, std::string body, const plexus::headers& extra = {});
+    template <class T>
+    bool publish(std::string_view topic, const T& value, const plexus::headers& extra = {}) {
+        return publish_raw(topic, plexus::pack(value), extra);
+    }
+    // Delivers every event whose topic starts with `prefix` (empty: all).
+    [[nodiscard]] subscription subscribe(std::string prefix, event_handler fn, execution exec = execution::pool);
+
+    [[nodiscard]] node_stats stats() const;
+
+private:
+    std::shared_ptr<detail::node_impl> impl_;
+};
+
+} // namespace plexus
