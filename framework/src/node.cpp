@@ -1,2 +1,725 @@
-// Placeholder until the runtime lands.
+// Node lifecycle, the I/O thread's poll loop and the server side of request-response.
 #include <plexus/node.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include "detail/node_impl.hpp"
+
+namespace plexus {
+namespace detail {
+
+namespace {
+std::atomic<std::uint64_t> next_uid{1};
+
+std::string random_bytes(std::size_t n) {
+    std::random_device rd;
+    std::string out(n, '\0');
+    for (auto& c : out) c = static_cast<char>(rd() & 0xff);
+    return out;
+}
+
+std::uint64_t random_u64() {
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+} // namespace
+
+// The node whose I/O thread is the current thread (nullptr elsewhere).
+thread_local const node_impl* tl_io_owner = nullptr;
+
+node_impl::node_impl(node_options o)
+    : opts(std::move(o)), node_id(random_bytes(16)), uid(next_uid.fetch_add(1)),
+      log(opts.name, opts.log, opts.log_sink), ctx_(1), next_id_(random_u64() >> 1) {
+    install_system_service();
+}
+
+node_impl::~node_impl() {
+    stop();
+}
+
+service_builder node_impl::builder(std::string service) { return service_builder(*this, std::move(service)); }
+
+void node_impl::add_method(const std::string& service, std::string name, raw_handler fn, method_options mo,
+                           std::string request_shape, std::string reply_shape) {
+    if (running_ || stopping_) throw error(code::failed_precondition, "services must be declared before start()");
+    if (service.empty() || name.empty()) throw error(code::invalid_argument, "service and method names must not be empty");
+    if (!fn) throw error(code::invalid_argument, "handler of " + service + "." + name + " is empty");
+    auto it = std::find_if(services_.begin(), services_.end(), [&](auto& s) { return s->name == service; });
+    if (it == services_.end()) {
+        services_.push_back(std::make_unique<service_entry>());
+        services_.back()->name = service;
+        it = std::prev(services_.end());
+    }
+    for (auto& m : (*it)->methods)
+        if (m->name == name) throw error(code::already_exists, "method " + service + "." + name + " declared twice");
+    auto m = std::make_unique<method_entry>();
+    m->service = service;
+    m->name = std::move(name);
+    m->fn = std::move(fn);
+    m->opts = std::move(mo);
+    m->request_shape = std::move(request_shape);
+    m->reply_shape = std::move(reply_shape);
+    (*it)->methods.push_back(std::move(m));
+}
+
+void node_impl::set_service_doc(const std::string& service, std::string doc) {
+    if (running_ || stopping_) throw error(code::failed_precondition, "services must be declared before start()");
+    for (auto& s : services_)
+        if (s->name == service) {
+            s->doc = std::move(doc);
+            return;
+        }
+    services_.push_back(std::make_unique<service_entry>());
+    services_.back()->name = service;
+    services_.back()->doc = std::move(doc);
+}
+
+void node_impl::declare_topic(std::string topic, std::string doc, std::string shape) {
+    std::lock_guard lk(pub_mu_);
+    for (auto& t : topics_decl_)
+        if (t.name == topic) {
+            t.doc = std::move(doc);
+            t.shape = std::move(shape);
+            return;
+        }
+    topics_decl_.push_back({std::move(topic), std::move(doc), std::move(shape)});
+}
+
+method_entry* node_impl::find_method(std::string_view service, std::string_view method) const {
+    for (auto& s : services_)
+        if (s->name == service) {
+            for (auto& m : s->methods)
+                if (m->name == method) return m.get();
+            return nullptr;
+        }
+    return nullptr;
+}
+
+void node_impl::start() {
+    if (running_ || stopping_) throw error(code::failed_precondition, "node already started");
+    if (opts.max_message_size <= 0) throw error(code::invalid_argument, "max_message_size must be positive");
+    started_at_ = clock::now();
+    std::promise<void> ready;
+    auto fut = ready.get_future();
+    io_ = std::thread([this, p = std::move(ready)]() mutable { io_main(std::move(p)); });
+    try {
+        fut.get();
+    } catch (...) {
+        io_.join();
+        throw;
+    }
+    const unsigned n = std::max(1u, opts.workers);
+    workers_running_ = n;
+    for (unsigned i = 0; i < n; ++i) workers_.emplace_back([self = shared_from_this()] { self->worker_main(); });
+    running_ = true;
+    std::string kvs;
+    for (auto& e : rpc_endpoints) kvs += kv("rpc", e);
+    for (auto& e : pub_endpoints_) kvs += kv("pub", e);
+    log.write(log_level::info, "started", kvs + kv("workers", n));
+}
+
+void node_impl::stop() {
+    std::call_once(stop_once_, [this] {
+        const bool was_running = running_.exchange(false);
+        stopping_ = true;
+        if (!was_running && !io_.joinable()) return;
+        const auto deadline = clock::now() + opts.shutdown_timeout;
+        {
+            std::lock_guard lk(pub_mu_);
+            pub_space_.notify_all();
+        }
+        {
+            std::lock_guard lk(routes_mu_);
+            routes_cv_.notify_all();
+        }
+        commands_.push(stop_cmd{});
+        if (io_.joinable()) io_.join();
+
+        {
+            std::lock_guard lk(work_mu_);
+            work_stop_ = true;
+        }
+        work_cv_.notify_all();
+        // Unblocks synchronous calls in progress on any thread (they return cancelled).
+        ctx_.shutdown();
+        {
+            std::lock_guard lk(channels_mu_);
+            for (auto& ch : channels_) {
+                std::lock_guard cl(ch->mu);
+                ch->socks.clear();
+                ch->closed = true;
+            }
+            channels_.clear();
+        }
+        {
+            std::unique_lock lk(work_mu_);
+            work_cv_.wait_until(lk, deadline, [&] { return workers_running_ == 0; });
+        }
+        const bool all_done = workers_running_ == 0;
+        for (auto& t : workers_) {
+            if (all_done)
+                t.join();
+            else
+                t.detach(); // a handler outlived the bound; it finishes on its own and finds the node stopped
+        }
+        workers_.clear();
+        if (!all_done) log.write(log_level::warn, "stop: handlers still running after the shutdown bound; left behind");
+        ctx_.close();
+        log.write(log_level::info, "stopped");
+    });
+}
+
+// ---------------------------------------------------------------- workers
+
+void node_impl::post_task(task t) {
+    {
+        std::lock_guard lk(work_mu_);
+        work_.push_back(std::move(t));
+    }
+    work_cv_.notify_one();
+}
+
+void node_impl::worker_main() {
+    for (;;) {
+        task t;
+        {
+            std::unique_lock lk(work_mu_);
+            work_cv_.wait(lk, [&] { return work_stop_ || !work_.empty(); });
+            if (work_.empty()) break; // stopping and nothing left
+            t = std::move(work_.front());
+            work_.pop_front();
+        }
+        try {
+            t();
+        } catch (const std::exception& e) {
+            log.write(log_level::error, "worker task threw", kv("error", e.what()));
+        } catch (...) {
+            log.write(log_level::error, "worker task threw a non-standard exception");
+        }
+    }
+    std::lock_guard lk(work_mu_);
+    if (--workers_running_ == 0) work_cv_.notify_all();
+}
+
+// ---------------------------------------------------------------- I/O thread
+
+void node_impl::io_bind() {
+    auto set_common = [&](zmq::socket_t& s) {
+        s.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(opts.max_message_size));
+        s.set(zmq::sockopt::sndhwm, opts.send_hwm);
+        s.set(zmq::sockopt::rcvhwm, opts.recv_hwm);
+        s.set(zmq::sockopt::linger, 0);
+    };
+    auto bind_all = [&](zmq::socket_t& s, const std::vector<std::string>& eps, std::vector<std::string>& out) {
+        for (auto& ep : eps) {
+            try {
+                s.bind(ep);
+            } catch (const zmq::error_t& e) {
+                throw error(code::unavailable, "cannot bind " + ep + ": " + e.what());
+            }
+            out.push_back(s.get(zmq::sockopt::last_endpoint));
+        }
+    };
+    try {
+        if (!opts.bind.empty()) {
+            router_.emplace(ctx_, zmq::socket_type::router);
+            set_common(*router_);
+            bind_all(*router_, opts.bind, rpc_endpoints);
+        }
+        if (!opts.pub_bind.empty()) {
+            pub_.emplace(ctx_, zmq::socket_type::pub);
+            set_common(*pub_);
+            pub_->set(zmq::sockopt::xpub_nodrop, 1);
+            bind_all(*pub_, opts.pub_bind, pub_endpoints_);
+        }
+        sub_.emplace(ctx_, zmq::socket_type::sub);
+        set_common(*sub_);
+    } catch (const zmq::error_t& e) {
+        router_.reset();
+        pub_.reset();
+        sub_.reset();
+        throw error(code::internal, std::string("socket setup failed: ") + e.what());
+    } catch (...) {
+        router_.reset();
+        pub_.reset();
+        sub_.reset();
+        throw;
+    }
+    // Own services resolve to this node.
+    if (!rpc_endpoints.empty()) {
+        std::lock_guard lk(routes_mu_);
+        for (auto& s : services_)
+            if (s->name != system_service) routes_[s->name].push_back(rpc_endpoints.front());
+    }
+    for (auto& ep : opts.subscribe_to) {
+        if (event_endpoints_.insert(ep).second) sub_->connect(ep);
+    }
+    for (auto& ep : opts.connect) {
+        peers_.push_back({ep, false, clock::now(), 0});
+        std::lock_guard lk(routes_mu_);
+        ++peers_pending_;
+    }
+}
+
+void node_impl::io_main(std::promise<void> ready) {
+    tl_io_owner = this;
+    try {
+        io_bind();
+    } catch (...) {
+        ready.set_exception(std::current_exception());
+        return;
+    }
+    ready.set_value();
+
+    std::vector<zmq::pollitem_t> items;
+    std::vector<zmq::socket_t*> async_items;
+    std::vector<const std::string*> async_names;
+    clock::time_point stop_deadline{};
+    for (;;) {
+        const auto now = clock::now();
+        if (io_stopping_) {
+            std::size_t queued;
+            {
+                std::lock_guard lk(pub_mu_);
+                queued = pub_queued_;
+            }
+            if ((pool_jobs_in_flight_ == 0 && queued == 0) || now >= stop_deadline) break;
+        }
+        expire_calls(now);
+        if (!io_stopping_) tick_peers(now);
+
+        items.clear();
+        async_items.clear();
+        async_names.clear();
+        items.push_back({nullptr, wake_.fd(), ZMQ_POLLIN, 0});
+        const std::size_t router_i = items.size();
+        if (router_ && !io_stopping_) items.push_back({router_->handle(), 0, ZMQ_POLLIN, 0});
+        const std::size_t sub_i = items.size();
+        if (sub_ && !io_stopping_) items.push_back({sub_->handle(), 0, ZMQ_POLLIN, 0});
+        const std::size_t async_i = items.size();
+        for (auto& [ep, s] : async_socks_) {
+            items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+            async_items.push_back(&s);
+            async_names.push_back(&ep);
+        }
+
+        long timeout = -1;
+        auto consider = [&](clock::time_point t) {
+            auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
+            if (ms < 0) ms = 0;
+            if (timeout < 0 || ms < timeout) timeout = static_cast<long>(ms);
+        };
+        if (!deadlines_.empty()) consider(deadlines_.begin()->first);
+        for (auto& p : peers_)
+            if (p.pending_id == 0) consider(p.next_describe);
+        if (!pub_backlog_.empty()) consider(now + std::chrono::milliseconds(1));
+        if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
+
+        try {
+            zmq::poll(items.data(), items.size(), std::chrono::milliseconds(timeout));
+        } catch (const zmq::error_t& e) {
+            if (e.num() == ETERM) break;
+            if (e.num() != EINTR) log.write(log_level::error, "poll failed", kv("error", e.what()));
+            continue;
+        }
+
+        if (items[0].revents & ZMQ_POLLIN) {
+            wake_.drain();
+            handle_commands();
+            if (io_stopping_ && stop_deadline == clock::time_point{}) stop_deadline = clock::now() + opts.shutdown_timeout;
+            std::deque<outgoing_reply> outs;
+            replies_.take(outs);
+            for (auto& r : outs) send_reply(r.route, r.envelope);
+        }
+        if (router_i < items.size() && items[router_i].socket == (router_ ? router_->handle() : nullptr) &&
+            (items[router_i].revents & ZMQ_POLLIN))
+            handle_router();
+        if (sub_i < items.size() && sub_ && items[sub_i].socket == sub_->handle() && (items[sub_i].revents & ZMQ_POLLIN))
+            handle_sub();
+        for (std::size_t i = 0; i < async_items.size(); ++i)
+            if (items[async_i + i].revents & ZMQ_POLLIN) handle_async_sock(*async_names[i], *async_items[i]);
+        flush_publications();
+    }
+    drain_and_close();
+    tl_io_owner = nullptr;
+}
+
+void node_impl::drain_and_close() {
+    // Last replies handed back by workers, then the queued events.
+    std::deque<outgoing_reply> outs;
+    replies_.take(outs);
+    for (auto& r : outs) send_reply(r.route, r.envelope);
+    flush_publications();
+    for (auto& [id, call] : pending_)
+        complete(call, reply{{code::cancelled, "node stopped before the reply came"}, {}});
+    pending_.clear();
+    deadlines_.clear();
+    {
+        std::lock_guard lk(pub_mu_);
+        for (auto& item : pub_backlog_) topics_[item.topic].dropped++;
+        pub_queued_ = 0;
+        pub_backlog_.clear();
+        pubq_.clear();
+        pub_space_.notify_all();
+    }
+    // A bounded linger flushes what is still queued in the sockets (a zero linger
+    // would throw it away); ctx_.close() in stop() waits for it.
+    const int linger = static_cast<int>(std::min<std::int64_t>(opts.shutdown_timeout.count(), 1000));
+    for (auto* s : {&router_, &pub_}) {
+        if (*s) {
+            (*s)->set(zmq::sockopt::linger, linger);
+            s->reset();
+        }
+    }
+    sub_.reset();
+    async_socks_.clear();
+}
+
+void node_impl::handle_commands() {
+    std::deque<command> cmds;
+    commands_.take(cmds);
+    for (auto& c : cmds) {
+        std::visit(
+            [&](auto& cmd) {
+                using T = std::decay_t<decltype(cmd)>;
+                if constexpr (std::is_same_v<T, stop_cmd>) {
+                    io_stopping_ = true;
+                } else if constexpr (std::is_same_v<T, async_call_cmd>) {
+                    if (io_stopping_) {
+                        complete(cmd.call, reply{{code::cancelled, "node is stopping"}, {}});
+                        return;
+                    }
+                    try {
+                        auto& s = async_socket(cmd.endpoint);
+                        pending_.emplace(cmd.call->id, cmd.call);
+                        deadlines_.emplace(cmd.call->deadline, cmd.call->id);
+                        zmq::message_t delim;
+                        if (!s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) ||
+                            !s.send(zmq::buffer(cmd.envelope), zmq::send_flags::dontwait)) {
+                            pending_.erase(cmd.call->id);
+                            complete(cmd.call, reply{{code::unavailable, "send queue to " + cmd.endpoint + " is full"}, {}});
+                        }
+                    } catch (const zmq::error_t& e) {
+                        pending_.erase(cmd.call->id);
+                        complete(cmd.call, reply{{code::unavailable, "cannot reach " + cmd.endpoint + ": " + e.what()}, {}});
+                    }
+                } else if constexpr (std::is_same_v<T, subscribe_cmd>) {
+                    if (!sub_) return;
+                    if (cmd.add)
+                        sub_->set(zmq::sockopt::subscribe, cmd.prefix);
+                    else
+                        sub_->set(zmq::sockopt::unsubscribe, cmd.prefix);
+                } else if constexpr (std::is_same_v<T, connect_peer_cmd>) {
+                    for (auto& p : peers_)
+                        if (p.endpoint == cmd.endpoint) return;
+                    peers_.push_back({cmd.endpoint, false, clock::now(), 0});
+                } else if constexpr (std::is_same_v<T, connect_events_cmd>) {
+                    if (sub_ && event_endpoints_.insert(cmd.endpoint).second) {
+                        try {
+                            sub_->connect(cmd.endpoint);
+                        } catch (const zmq::error_t& e) {
+                            event_endpoints_.erase(cmd.endpoint);
+                            log.write(log_level::warn, "cannot connect events", kv("endpoint", cmd.endpoint) + kv("error", e.what()));
+                        }
+                    }
+                }
+            },
+            c);
+    }
+}
+
+zmq::socket_t& node_impl::async_socket(const std::string& endpoint) {
+    auto it = async_socks_.find(endpoint);
+    if (it != async_socks_.end()) return it->second;
+    zmq::socket_t s(ctx_, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(opts.max_message_size));
+    s.set(zmq::sockopt::sndhwm, opts.send_hwm);
+    s.set(zmq::sockopt::rcvhwm, opts.recv_hwm);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(endpoint);
+    return async_socks_.emplace(endpoint, std::move(s)).first->second;
+}
+
+// ---------------------------------------------------------------- server side
+
+std::string node_impl::encode_reply(std::uint64_t id, code c, std::string_view err, std::string_view body) {
+    envelope_view e;
+    e.kind = kind::reply;
+    e.id = id;
+    e.status = c;
+    e.error = err;
+    e.body = body;
+    std::string out;
+    out.reserve(32 + err.size() + body.size());
+    encode(e, out);
+    return out;
+}
+
+void node_impl::send_reply(std::vector<zmq::message_t>& route, const std::string& env) {
+    if (!router_) return;
+    try {
+        for (auto& f : route)
+            if (!router_->send(f, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
+        (void)router_->send(zmq::buffer(env), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+        log.write(log_level::warn, "reply not sent", kv("error", e.what()));
+    }
+}
+
+void node_impl::reply_error(std::vector<zmq::message_t>& route, std::uint64_t id, code c, std::string_view msg) {
+    send_reply(route, encode_reply(id, c, msg, {}));
+}
+
+namespace {
+// Logs the first occurrence and then every 1000th, so a flood cannot fill the log.
+bool log_this(std::uint64_t count) { return count == 1 || count % 1000 == 0; }
+} // namespace
+
+void node_impl::handle_router() {
+    for (int batch = 0; batch < 256; ++batch) {
+        frames_.clear();
+        bool more = true;
+        try {
+            while (more) {
+                zmq::message_t m;
+                if (!router_->recv(m, zmq::recv_flags::dontwait)) {
+                    if (frames_.empty()) return;
+                    break;
+                }
+                more = m.more();
+                frames_.push_back(std::move(m));
+            }
+        } catch (const zmq::error_t& e) {
+            if (e.num() == ETERM) return;
+            throw;
+        }
+        dispatch_request(frames_);
+    }
+}
+
+void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
+    // [routing frames..., "", envelope]: echo every frame up to the delimiter.
+    std::size_t d = 1;
+    while (d < frames.size() && frames[d].size() != 0) ++d;
+    if (d >= frames.size() || d + 2 != frames.size()) {
+        const auto n = ++malformed_;
+        if (log_this(n))
+            log.write(log_level::warn, "dropped a request without the envelope framing [routing..., \"\", envelope]",
+                      kv("frames", frames.size()) + kv("count", n));
+        return;
+    }
+    std::vector<zmq::message_t> route(std::make_move_iterator(frames.begin()),
+                                      std::make_move_iterator(frames.begin() + static_cast<std::ptrdiff_t>(d + 1)));
+    const zmq::message_t& body_frame = frames.back();
+    const std::string_view bytes(static_cast<const char*>(body_frame.data()), body_frame.size());
+    const auto received = clock::now();
+    view_.clear();
+    status st = decode(bytes, view_);
+    if (!st.ok()) {
+        if (st.code == code::unsupported_version) {
+            const auto n = ++unsupported_version_;
+            if (log_this(n)) log.write(log_level::warn, "request of another protocol version", kv("error", st.message) + kv("count", n));
+            reply_error(route, view_.id, code::unsupported_version, st.message);
+        } else {
+            const auto n = ++malformed_;
+            if (log_this(n)) log.write(log_level::warn, "malformed request", kv("error", st.message) + kv("count", n));
+            reply_error(route, view_.id, code::invalid_argument, "malformed envelope: " + st.message);
+        }
+        return;
+    }
+    if (view_.kind != kind::request) {
+        ++malformed_;
+        reply_error(route, view_.id, code::invalid_argument,
+                    "expected a request (kind 0) on the RPC socket, got " + std::string(to_string(view_.kind)));
+        return;
+    }
+    method_entry* m = find_method(view_.service, view_.method);
+    if (!m) {
+        const bool known_service = std::any_of(services_.begin(), services_.end(), [&](auto& s) { return s->name == view_.service; });
+        reply_error(route, view_.id, code::not_found,
+                    known_service ? "no method '" + std::string(view_.method) + "' on service '" + std::string(view_.service) + "'"
+                                  : "no service '" + std::string(view_.service) + "' on node '" + opts.name + "'");
+        return;
+    }
+    m->calls++;
+    if (view_.deadline_us && *view_.deadline_us == 0) {
+        m->errors++;
+        reply_error(route, view_.id, code::deadline_exceeded, "request arrived with no time left before its deadline");
+        return;
+    }
+    m->in_flight++;
+    if (m->opts.exec == execution::inline_loop) {
+        code c = code::ok;
+        std::string err;
+        std::string body = run_handler(*m, view_, received, c, err);
+        send_reply(route, encode_reply(view_.id, c, err, body));
+        m->in_flight--;
+        return;
+    }
+    // Pool: the job keeps the frames (the view points into the envelope frame; moving
+    // the vector does not move the messages).
+    auto job = std::make_unique<request_job>();
+    job->frames = std::move(frames);
+    frames = std::vector<zmq::message_t>();
+    job->received = received;
+    job->method = m;
+    auto rt = std::make_shared<std::vector<zmq::message_t>>(std::move(route));
+    auto v = std::make_shared<envelope_view>(std::move(view_));
+    view_ = envelope_view{};
+    ++pool_jobs_in_flight_;
+    post_task([this, job = std::move(job), rt, v]() mutable {
+        code c = code::ok;
+        std::string err;
+        std::string body;
+        if (v->deadline_us && clock::now() >= job->received + std::chrono::microseconds(*v->deadline_us)) {
+            c = code::deadline_exceeded;
+            err = "deadline passed while the request waited for a worker";
+            job->method->errors++;
+        } else {
+            body = run_handler(*job->method, *v, job->received, c, err);
+        }
+        replies_.push(outgoing_reply{std::move(*rt), encode_reply(v->id, c, err, body)});
+        job->method->in_flight--;
+        --pool_jobs_in_flight_;
+    });
+}
+
+std::string node_impl::run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
+                                   std::string& err) {
+    context ctx;
+    ctx.headers.reserve(env.headers.size());
+    for (auto& [k, v] : env.headers) ctx.headers.append(k, v);
+    if (env.deadline_us) ctx.deadline = received + std::chrono::microseconds(*env.deadline_us);
+    request rq{env.service, env.method, env.body, env.id, ctx};
+    context_scope scope(ctx);
+    std::string body;
+    try {
+        body = m.fn(rq);
+        status = code::ok;
+    } catch (const error& e) {
+        status = e.code();
+        err = e.message();
+    } catch (const std::exception& e) {
+        status = code::internal;
+        err = std::string("handler ") + m.service + "." + m.name + " threw: " + e.what();
+        log.write(log_level::warn, "handler threw", kv("method", m.service + "." + m.name) + kv("error", e.what()));
+    } catch (...) {
+        status = code::internal;
+        err = "handler " + m.service + "." + m.name + " threw a non-standard exception";
+        log.write(log_level::warn, "handler threw", kv("method", m.service + "." + m.name));
+    }
+    if (status == code::ok && static_cast<std::int64_t>(body.size()) + 64 > opts.max_message_size) {
+        status = code::resource_exhausted;
+        err = "reply of " + std::to_string(body.size()) + " bytes exceeds the maximum message size of " +
+              std::to_string(opts.max_message_size);
+        body.clear();
+    }
+    if (status != code::ok) {
+        m.errors++;
+        body.clear();
+    }
+    return body;
+}
+
+node_stats node_impl::stats() const {
+    node_stats s;
+    for (auto& svc : services_)
+        for (auto& m : svc->methods)
+            s.methods.push_back({m->service, m->name, m->calls.load(), m->errors.load(), m->in_flight.load()});
+    {
+        std::lock_guard lk(pub_mu_);
+        for (auto& [name, t] : topics_) s.topics.push_back({name, t.published, t.dropped, t.received, t.gaps});
+    }
+    std::sort(s.topics.begin(), s.topics.end(), [](auto& a, auto& b) { return a.topic < b.topic; });
+    s.malformed = malformed_;
+    s.unsupported_version = unsupported_version_;
+    s.calls_sent = calls_sent_;
+    s.call_errors = call_errors_;
+    return s;
+}
+
+} // namespace detail
+
+// ---------------------------------------------------------------- public facade
+
+service_builder& service_builder::doc(std::string text) {
+    impl_->set_service_doc(service_, std::move(text));
+    return *this;
+}
+
+service_builder& service_builder::raw_method(std::string name, raw_handler fn, method_options opts,
+                                             std::string request_shape, std::string reply_shape) {
+    impl_->add_method(service_, std::move(name), std::move(fn), std::move(opts), std::move(request_shape),
+                      std::move(reply_shape));
+    return *this;
+}
+
+subscription::subscription(subscription&& o) noexcept : impl_(std::move(o.impl_)), id_(std::exchange(o.id_, 0)) {}
+subscription& subscription::operator=(subscription&& o) noexcept {
+    if (this != &o) {
+        cancel();
+        impl_ = std::move(o.impl_);
+        id_ = std::exchange(o.id_, 0);
+    }
+    return *this;
+}
+subscription::~subscription() { cancel(); }
+void subscription::cancel() noexcept {
+    if (id_ == 0) return;
+    if (auto p = impl_.lock()) {
+        try {
+            p->unsubscribe(id_);
+        } catch (...) {
+        }
+    }
+    id_ = 0;
+}
+
+node::node(node_options opts) : impl_(std::make_shared<detail::node_impl>(std::move(opts))) {}
+node::~node() {
+    if (impl_) impl_->stop();
+}
+
+service_builder node::serve(std::string service) {
+    if (service.empty()) throw error(code::invalid_argument, "service name must not be empty");
+    if (service == system_service) throw error(code::invalid_argument, "service name 'plexus' is reserved");
+    return impl_->builder(std::move(service));
+}
+void node::declare_topic(std::string topic, std::string doc, std::string shape) {
+    impl_->declare_topic(std::move(topic), std::move(doc), std::move(shape));
+}
+void node::start() { impl_->start(); }
+void node::stop() { impl_->stop(); }
+const std::string& node::name() const noexcept { return impl_->opts.name; }
+std::string node::id_hex() const { return detail::hex(impl_->node_id); }
+std::vector<std::string> node::endpoints() const { return impl_->rpc_endpoints; }
+std::vector<std::string> node::pub_endpoints() const { return impl_->pub_endpoints_; }
+void node::connect(std::string endpoint) { impl_->connect_peer(std::move(endpoint)); }
+void node::connect_events(std::string endpoint) { impl_->connect_events(std::move(endpoint)); }
+
+reply node::call_raw(std::string_view service, std::string_view method, std::string body, const call_options& opts) {
+    return impl_->call_sync(service, method, std::move(body), opts);
+}
+std::future<reply> node::call_async(std::string_view service, std::string_view method, std::string body,
+                                    const call_options& opts) {
+    std::promise<reply> p;
+    auto f = p.get_future();
+    impl_->call_async(service, method, std::move(body), opts, std::move(p), {});
+    return f;
+}
+void node::call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+                      std::function<void(reply)> on_done) {
+    impl_->call_async(service, method, std::move(body), opts, std::nullopt, std::move(on_done));
+}
+bool node::publish_raw(std::string_view topic, std::string body, const headers& extra) {
+    return impl_->publish(topic, std::move(body), extra);
+}
+subscription node::subscribe(std::string prefix, event_handler fn, execution exec) {
+    auto id = impl_->subscribe(std::move(prefix), std::move(fn), exec);
+    return subscription(impl_, id);
+}
+node_stats node::stats() const { return impl_->stats(); }
+
+} // namespace plexus

@@ -80,9 +80,9 @@ struct node_options {
     std::vector<std::string> pub_bind{"tcp://127.0.0.1:*"};
     // Peers' RPC endpoints. The node asks each for `describe` to learn the services
     // it offers and its event endpoints (retrying until the peer answers).
-    std::vector<std::string> connect;
+    std::vector<std::string> connect{};
     // Event endpoints of publishers to subscribe to directly (e.g. a plain PUB).
-    std::vector<std::string> subscribe_to;
+    std::vector<std::string> subscribe_to{};
     // Threads running execution::pool handlers and async-call callbacks.
     unsigned workers = 4;
     // Largest message accepted (ZMQ_MAXMSGSIZE) and sent; larger ones fail with
@@ -98,9 +98,12 @@ struct node_options {
     // High-water marks (messages) of every socket.
     int send_hwm = 10000;
     int recv_hwm = 10000;
+    // Whether the system method plexus.publish may publish on this node's behalf
+    // (used by `plexus pub`). Off by default: it lets any caller emit events.
+    bool remote_publish = false;
     log_level log = log_level::info;
     // Where log lines go (one logfmt line each, no newline). Default: stderr.
-    std::function<void(log_level, std::string_view)> log_sink;
+    std::function<void(log_level, std::string_view)> log_sink{};
 };
 
 // What a handler receives. Views valid while the handler runs.
@@ -119,9 +122,9 @@ struct call_options {
     // and the current context's deadline.
     std::chrono::milliseconds timeout{0};
     // Set on top of the propagated context headers for this call only.
-    plexus::headers headers;
+    plexus::headers headers{};
     // Send to this RPC endpoint instead of resolving the service by name.
-    std::string endpoint;
+    std::string endpoint{};
 };
 
 struct reply {
@@ -155,7 +158,7 @@ struct event {
 
 struct method_options {
     execution exec = execution::pool;
-    std::string doc;
+    std::string doc{};
 };
 
 using raw_handler = std::function<std::string(request&)>;
@@ -209,6 +212,8 @@ private:
     std::string service_;
 };
 
+class node;
+
 // Receives events while it lives; unsubscribes when destroyed or cancelled.
 class subscription {
 public:
@@ -222,7 +227,7 @@ public:
     [[nodiscard]] bool active() const noexcept { return id_ != 0; }
 
 private:
-    friend class detail::node_impl;
+    friend class node;
     subscription(std::weak_ptr<detail::node_impl> impl, std::uint64_t id) : impl_(std::move(impl)), id_(id) {}
     std::weak_ptr<detail::node_impl> impl_;
     std::uint64_t id_ = 0;

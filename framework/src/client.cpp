@@ -1,0 +1,455 @@
+// The client side of request-response: synchronous calls over the calling thread's
+// own DEALER, asynchronous calls through the I/O thread, and name resolution from
+// what peers' `describe` says.
+#include <algorithm>
+
+#include "detail/node_impl.hpp"
+
+namespace plexus::detail {
+
+namespace {
+
+struct tl_channel_ref {
+    std::uint64_t uid;
+    std::weak_ptr<channel> ch;
+};
+// Marks this thread's channels abandoned when the thread exits, so their node can
+// close the sockets (the owner can no longer use them).
+struct tl_channels {
+    std::vector<tl_channel_ref> refs;
+    ~tl_channels() {
+        for (auto& r : refs)
+            if (auto c = r.ch.lock()) c->abandoned = true;
+    }
+};
+thread_local tl_channels tl_chans;
+
+long ms_until(clock::time_point t) {
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - clock::now()).count();
+    return ms < 0 ? 0 : static_cast<long>(ms);
+}
+
+std::string describe_target(std::string_view service, std::string_view method, const std::string& ep) {
+    std::string s(service);
+    s += '.';
+    s += method;
+    s += " at ";
+    s += ep;
+    return s;
+}
+
+} // namespace
+
+clock::time_point node_impl::deadline_for(const call_options& o) const {
+    const auto timeout = o.timeout.count() > 0 ? o.timeout : opts.default_timeout;
+    auto d = clock::now() + timeout;
+    if (auto* c = context::current(); c && c->deadline && *c->deadline < d) d = *c->deadline;
+    return d;
+}
+
+std::string node_impl::encode_request(std::uint64_t id, std::string_view service, std::string_view method,
+                                      std::string_view body, const call_options& o, clock::time_point deadline) {
+    thread_local envelope_view e;
+    e.clear();
+    e.kind = kind::request;
+    e.id = id;
+    e.service = service;
+    e.method = method;
+    e.body = body;
+    if (auto* c = context::current()) {
+        for (auto& [k, v] : c->headers)
+            if (!o.headers.contains(k)) e.headers.emplace_back(k, v);
+    }
+    for (auto& [k, v] : o.headers) e.headers.emplace_back(k, v);
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now()).count();
+    e.deadline_us = static_cast<std::uint64_t>(std::max<std::int64_t>(left, 0));
+    std::string out;
+    out.reserve(64 + service.size() + method.size() + body.size());
+    encode(e, out);
+    return out;
+}
+
+std::optional<std::string> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why) {
+    std::unique_lock lk(routes_mu_);
+    const std::string key(service);
+    for (;;) {
+        auto it = routes_.find(key);
+        if (it != routes_.end() && !it->second.empty()) {
+            auto& eps = it->second;
+            return eps[rr_.fetch_add(1, std::memory_order_relaxed) % eps.size()];
+        }
+        if (stopping_) {
+            why = {code::cancelled, "node is stopping"};
+            return std::nullopt;
+        }
+        if (peers_pending_ == 0) {
+            why = {code::unavailable, "no known instance of service '" + key + "'"};
+            return std::nullopt;
+        }
+        // Some peers have not told us their services yet: wait for them, up to the deadline.
+        if (routes_cv_.wait_until(lk, deadline) == std::cv_status::timeout) {
+            auto again = routes_.find(key);
+            if (again != routes_.end() && !again->second.empty()) continue;
+            why = {code::unavailable, "no instance of service '" + key + "' found before the deadline (" +
+                                          std::to_string(peers_pending_) + " peer(s) not reachable yet)"};
+            return std::nullopt;
+        }
+    }
+}
+
+std::shared_ptr<channel> node_impl::my_channel() {
+    for (auto& r : tl_chans.refs)
+        if (r.uid == uid)
+            if (auto c = r.ch.lock()) return c;
+    std::lock_guard lk(channels_mu_);
+    if (stopping_) return nullptr;
+    // Reap channels whose threads are gone.
+    std::erase_if(channels_, [](const std::shared_ptr<channel>& c) {
+        if (!c->abandoned) return false;
+        std::lock_guard cl(c->mu);
+        c->socks.clear();
+        c->closed = true;
+        return true;
+    });
+    std::erase_if(tl_chans.refs, [](const tl_channel_ref& r) { return r.ch.expired(); });
+    auto c = std::make_shared<channel>();
+    channels_.push_back(c);
+    tl_chans.refs.push_back({uid, c});
+    return c;
+}
+
+reply node_impl::call_sync(std::string_view service, std::string_view method, std::string body, const call_options& o) {
+    auto fail = [&](code c, std::string msg) {
+        ++call_errors_;
+        return reply{{c, std::move(msg)}, {}};
+    };
+    if (tl_io_owner == this)
+        return fail(code::failed_precondition,
+                    "synchronous call from the node's I/O thread (an inline handler): declare the handler "
+                    "execution::pool or use call_async");
+    if (!running_) return fail(stopping_ ? code::cancelled : code::failed_precondition,
+                               stopping_ ? "node is stopping" : "node is not started");
+    const auto deadline = deadline_for(o);
+    if (clock::now() >= deadline) return fail(code::deadline_exceeded, "deadline expired before the call was made");
+    std::string endpoint = o.endpoint;
+    if (endpoint.empty()) {
+        status why;
+        auto ep = resolve(service, deadline, why);
+        if (!ep) return fail(why.code, why.message);
+        endpoint = std::move(*ep);
+    }
+    const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    const std::string env = encode_request(id, service, method, body, o, deadline);
+    if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
+        return fail(code::resource_exhausted, "request of " + std::to_string(env.size()) +
+                                                  " bytes exceeds the maximum message size of " +
+                                                  std::to_string(opts.max_message_size));
+    auto ch = my_channel();
+    if (!ch) return fail(code::cancelled, "node is stopping");
+    std::unique_lock lk(ch->mu);
+    if (ch->closed) return fail(code::cancelled, "node is stopping");
+    ++calls_sent_;
+    try {
+        auto it = ch->socks.find(endpoint);
+        if (it == ch->socks.end()) {
+            zmq::socket_t s(ctx_, zmq::socket_type::dealer);
+            s.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(opts.max_message_size));
+            s.set(zmq::sockopt::sndhwm, opts.send_hwm);
+            s.set(zmq::sockopt::rcvhwm, opts.recv_hwm);
+            s.set(zmq::sockopt::linger, 0);
+            // Queue only on connected pipes: a request never waits unseen in a queue to
+            // a peer that is down, and a failed connection is reported as such.
+            s.set(zmq::sockopt::immediate, true);
+            s.connect(endpoint);
+            it = ch->socks.emplace(endpoint, std::move(s)).first;
+        }
+        zmq::socket_t& s = it->second;
+        // Send [ "", envelope ]; wait for a connected pipe up to the deadline.
+        for (;;) {
+            zmq::message_t delim;
+            if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) break;
+            zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLOUT, 0};
+            if (clock::now() >= deadline || zmq::poll(&item, 1, std::chrono::milliseconds(ms_until(deadline))) == 0)
+                return fail(code::unavailable, "could not connect to " + endpoint + " before the deadline");
+        }
+        (void)s.send(zmq::buffer(env), zmq::send_flags::none);
+        for (;;) {
+            zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+            const long wait = ms_until(deadline);
+            if (zmq::poll(&item, 1, std::chrono::milliseconds(wait)) == 0 && clock::now() >= deadline) {
+                const auto total = o.timeout.count() > 0 ? o.timeout : opts.default_timeout;
+                return fail(code::deadline_exceeded, "no reply for " + describe_target(service, method, endpoint) +
+                                                         " within " + std::to_string(total.count()) + " ms");
+            }
+            if (!(item.revents & ZMQ_POLLIN)) continue;
+            zmq::message_t first, second;
+            if (!s.recv(first, zmq::recv_flags::dontwait)) continue;
+            bool ok_shape = first.size() == 0 && first.more();
+            if (first.more()) (void)s.recv(second);
+            while (second.more()) { // drain an over-long message
+                ok_shape = false;
+                zmq::message_t extra;
+                (void)s.recv(extra);
+                if (!extra.more()) break;
+            }
+            if (!ok_shape) {
+                ++malformed_;
+                continue;
+            }
+            envelope rep;
+            status st = decode(std::string_view(static_cast<const char*>(second.data()), second.size()), rep);
+            if (!st.ok()) {
+                ++malformed_;
+                if (rep.id == id) return fail(st.code, "undecodable reply: " + st.message);
+                continue;
+            }
+            if (rep.kind != kind::reply || rep.id != id) continue; // a late reply to an earlier call
+            if (rep.status != code::ok) ++call_errors_;
+            return reply{{rep.status, std::move(rep.error)}, std::move(rep.body)};
+        }
+    } catch (const zmq::error_t& e) {
+        if (e.num() == ETERM) {
+            ch->socks.clear();
+            ch->closed = true;
+            return fail(code::cancelled, "node stopped while the call was in flight");
+        }
+        return fail(code::unavailable, "call to " + endpoint + " failed: " + e.what());
+    }
+}
+
+void node_impl::call_async(std::string_view service, std::string_view method, std::string body, const call_options& o,
+                           std::optional<std::promise<reply>> promise, std::function<void(reply)> cb) {
+    auto call = std::make_shared<pending_call>();
+    call->promise = std::move(promise);
+    call->callback = std::move(cb);
+    if (auto* c = context::current()) call->ctx = std::make_shared<context>(*c);
+    auto finish_now = [&](code c, std::string msg) {
+        ++call_errors_;
+        reply r{{c, std::move(msg)}, {}};
+        if (call->promise) call->promise->set_value(std::move(r));
+        else if (call->callback) {
+            if (running_) {
+                post_task([call, r = std::move(r)]() mutable {
+                    std::optional<context_scope> scope;
+                    if (call->ctx) scope.emplace(*call->ctx);
+                    call->callback(std::move(r));
+                });
+            } else {
+                call->callback(std::move(r));
+            }
+        }
+    };
+    if (!running_) return finish_now(stopping_ ? code::cancelled : code::failed_precondition,
+                                     stopping_ ? "node is stopping" : "node is not started");
+    call->deadline = deadline_for(o);
+    if (clock::now() >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
+    std::string endpoint = o.endpoint;
+    if (endpoint.empty()) {
+        // Resolution must not block the caller (it may be the I/O thread): known now, or unavailable.
+        status why;
+        auto ep = tl_io_owner == this ? resolve(service, clock::now(), why) : resolve(service, call->deadline, why);
+        if (!ep) return finish_now(why.code, why.message);
+        endpoint = std::move(*ep);
+    }
+    call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    call->endpoint = endpoint;
+    std::string env = encode_request(call->id, service, method, body, o, call->deadline);
+    if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
+        return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
+                                                        " bytes exceeds the maximum message size of " +
+                                                        std::to_string(opts.max_message_size));
+    ++calls_sent_;
+    commands_.push(async_call_cmd{std::move(endpoint), std::move(env), std::move(call)});
+}
+
+void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
+    if (r.status.code != code::ok) ++call_errors_;
+    if (call->on_io) {
+        call->on_io(r);
+    } else if (call->promise) {
+        call->promise->set_value(std::move(r));
+    } else if (call->callback) {
+        post_task([call, r = std::move(r)]() mutable {
+            std::optional<context_scope> scope;
+            if (call->ctx) scope.emplace(*call->ctx);
+            call->callback(std::move(r));
+        });
+    }
+}
+
+void node_impl::expire_calls(clock::time_point now) {
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+        auto id = deadlines_.begin()->second;
+        deadlines_.erase(deadlines_.begin());
+        auto it = pending_.find(id);
+        if (it == pending_.end()) continue;
+        auto call = std::move(it->second);
+        pending_.erase(it);
+        complete(call, reply{{code::deadline_exceeded, "no reply from " + call->endpoint + " before the deadline"}, {}});
+    }
+}
+
+void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s) {
+    for (int batch = 0; batch < 256; ++batch) {
+        zmq::message_t first, second;
+        if (!s.recv(first, zmq::recv_flags::dontwait)) return;
+        bool ok_shape = first.size() == 0 && first.more();
+        if (first.more()) (void)s.recv(second);
+        while (second.more()) {
+            ok_shape = false;
+            zmq::message_t extra;
+            (void)s.recv(extra);
+            if (!extra.more()) break;
+        }
+        if (!ok_shape) {
+            ++malformed_;
+            continue;
+        }
+        envelope_view v;
+        status st = decode(std::string_view(static_cast<const char*>(second.data()), second.size()), v);
+        if (!st.ok() || v.kind != kind::reply) {
+            const auto n = ++malformed_;
+            if (n == 1 || n % 1000 == 0)
+                log.write(log_level::warn, "undecodable reply", kv("from", endpoint) + kv("error", st.message));
+            continue;
+        }
+        auto it = pending_.find(v.id);
+        if (it == pending_.end()) continue; // late: its caller already had its answer
+        auto call = std::move(it->second);
+        pending_.erase(it);
+        // deadlines_ keeps a stale entry; expire_calls skips ids no longer pending.
+        complete(call, reply{{v.status, std::string(v.error)}, std::string(v.body)});
+    }
+}
+
+// ---------------------------------------------------------------- peers
+
+void node_impl::connect_peer(std::string endpoint) {
+    if (!running_) {
+        throw error(code::failed_precondition, "connect() needs a started node; use node_options::connect before start()");
+    }
+    {
+        std::lock_guard lk(routes_mu_);
+        ++peers_pending_;
+    }
+    commands_.push(connect_peer_cmd{std::move(endpoint)});
+}
+
+void node_impl::connect_events(std::string endpoint) {
+    if (!running_) throw error(code::failed_precondition, "connect_events() needs a started node; use node_options::subscribe_to");
+    commands_.push(connect_events_cmd{std::move(endpoint)});
+}
+
+void node_impl::tick_peers(clock::time_point now) {
+    for (auto& p : peers_) {
+        if (p.pending_id != 0 || now < p.next_describe) continue;
+        auto call = std::make_shared<pending_call>();
+        call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+        call->deadline = now + std::chrono::milliseconds(1000);
+        call->endpoint = p.endpoint;
+        p.pending_id = call->id;
+        const std::string ep = p.endpoint;
+        call->on_io = [this, ep](const reply& r) { on_describe_reply(ep, r); };
+        call_options o;
+        std::string env;
+        {
+            envelope_view e;
+            e.kind = kind::request;
+            e.id = call->id;
+            e.service = system_service;
+            e.method = "describe";
+            e.deadline_us = 1000000;
+            encode(e, env);
+        }
+        try {
+            auto& s = async_socket(ep);
+            zmq::message_t delim;
+            if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+                s.send(zmq::buffer(env), zmq::send_flags::dontwait)) {
+                pending_.emplace(call->id, call);
+                deadlines_.emplace(call->deadline, call->id);
+            } else {
+                p.pending_id = 0;
+                p.next_describe = now + std::chrono::milliseconds(200);
+            }
+        } catch (const zmq::error_t& e) {
+            p.pending_id = 0;
+            p.next_describe = now + std::chrono::seconds(5);
+            log.write(log_level::warn, "cannot connect to peer", kv("endpoint", ep) + kv("error", e.what()));
+        }
+    }
+}
+
+namespace {
+// "tcp://0.0.0.0:5555" from a peer reached at "tcp://10.0.0.7:4000" -> "tcp://10.0.0.7:5555".
+std::string reachable(const std::string& advertised, const std::string& via) {
+    auto host_of = [](const std::string& ep, std::size_t& hb, std::size_t& he) {
+        hb = ep.find("://");
+        if (hb == std::string::npos) return false;
+        hb += 3;
+        he = ep.rfind(':');
+        return he != std::string::npos && he > hb;
+    };
+    std::size_t ab, ae, vb, ve;
+    if (!host_of(advertised, ab, ae) || !host_of(via, vb, ve)) return advertised;
+    const auto host = advertised.substr(ab, ae - ab);
+    if (host != "0.0.0.0" && host != "*" && host != "[::]") return advertised;
+    return advertised.substr(0, ab) + via.substr(vb, ve - vb) + advertised.substr(ae);
+}
+} // namespace
+
+void node_impl::on_describe_reply(const std::string& peer, const reply& r) {
+    auto it = std::find_if(peers_.begin(), peers_.end(), [&](auto& p) { return p.endpoint == peer; });
+    if (it == peers_.end()) return;
+    it->pending_id = 0;
+    const auto now = clock::now();
+    if (!r.ok()) {
+        it->next_describe = now + (it->described ? std::chrono::milliseconds(5000) : std::chrono::milliseconds(200));
+        if (!it->described && r.status.code != code::deadline_exceeded)
+            log.write(log_level::warn, "peer describe failed", kv("peer", peer) + kv("error", r.status.message));
+        return;
+    }
+    std::vector<std::string> services, pubs;
+    try {
+        auto oh = msgpack::unpack(r.body.data(), r.body.size());
+        auto root = oh.get().as<std::map<std::string, msgpack::object>>();
+        if (auto s = root.find("services"); s != root.end())
+            for (auto& svc : s->second.as<std::vector<std::map<std::string, msgpack::object>>>())
+                if (auto n = svc.find("name"); n != svc.end()) services.push_back(n->second.as<std::string>());
+        if (auto e = root.find("endpoints"); e != root.end()) {
+            auto eps = e->second.as<std::map<std::string, msgpack::object>>();
+            if (auto p = eps.find("pub"); p != eps.end()) pubs = p->second.as<std::vector<std::string>>();
+        }
+    } catch (const std::exception& e) {
+        log.write(log_level::warn, "peer describe unreadable", kv("peer", peer) + kv("error", e.what()));
+        it->next_describe = now + std::chrono::seconds(5);
+        return;
+    }
+    {
+        std::lock_guard lk(routes_mu_);
+        for (auto& [name, eps] : routes_) std::erase(eps, peer);
+        for (auto& s : services) {
+            auto& eps = routes_[s];
+            if (std::find(eps.begin(), eps.end(), peer) == eps.end()) eps.push_back(peer);
+        }
+        if (!it->described) --peers_pending_;
+        routes_cv_.notify_all();
+    }
+    if (!it->described)
+        log.write(log_level::info, "peer described", kv("peer", peer) + kv("services", services.size()));
+    it->described = true;
+    it->next_describe = now + std::chrono::seconds(5);
+    for (auto& p : pubs) {
+        auto ep = reachable(p, peer);
+        if (sub_ && event_endpoints_.insert(ep).second) {
+            try {
+                sub_->connect(ep);
+            } catch (const zmq::error_t& e) {
+                event_endpoints_.erase(ep);
+                log.write(log_level::warn, "cannot connect events", kv("endpoint", ep) + kv("error", e.what()));
+            }
+        }
+    }
+}
+
+} // namespace plexus::detail

@@ -1,0 +1,283 @@
+// The node runtime. See docs/THREADING.md for the model; in short:
+//  - io thread: owns router_, pub_, sub_ and the DEALERs of async calls (async_socks_);
+//    runs inline handlers and system methods; sends replies and events.
+//  - workers: run pool handlers, event handlers and async callbacks; hand replies back
+//    through replies_ (eventfd-signalled batch queue).
+//  - any thread: sync calls over its own DEALER (a `channel`), publish through pubq_.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include <plexus/envelope.hpp>
+#include <plexus/node.hpp>
+
+#include "util.hpp"
+
+namespace plexus::detail {
+
+struct method_entry {
+    std::string service;
+    std::string name;
+    raw_handler fn;
+    method_options opts;
+    std::string request_shape, reply_shape;
+    std::atomic<std::uint64_t> calls{0}, errors{0}, in_flight{0};
+};
+
+struct service_entry {
+    std::string name;
+    std::string doc;
+    std::vector<std::unique_ptr<method_entry>> methods;
+};
+
+struct topic_decl {
+    std::string name, doc, shape;
+};
+
+// A thread's client connections to peers for synchronous calls: one DEALER per
+// endpoint, used only by the thread that created it. The node keeps the channel
+// alive and closes its sockets at stop() (under `mu`, which the owner holds during a
+// call, so the hand-over is a full memory barrier as ZeroMQ requires).
+struct channel {
+    std::mutex mu;
+    bool closed = false;
+    std::atomic<bool> abandoned{false}; // owner thread exited
+    std::unordered_map<std::string, zmq::socket_t> socks;
+    zmq::message_t scratch;
+};
+
+// Work handed from the io thread to a worker for a pool handler.
+struct request_job {
+    std::vector<zmq::message_t> frames; // routing frames + delimiter + envelope (last)
+    clock::time_point received;
+    method_entry* method = nullptr;
+};
+
+// A reply (or event) ready to leave on the io thread.
+struct outgoing_reply {
+    std::vector<zmq::message_t> route; // routing frames + delimiter
+    std::string envelope;
+};
+
+struct pending_call {
+    std::uint64_t id = 0;
+    clock::time_point deadline;
+    std::string endpoint;
+    std::optional<std::promise<reply>> promise;
+    std::function<void(reply)> callback;   // run on a worker
+    std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
+    std::shared_ptr<context> ctx; // current for the callback
+};
+
+struct async_call_cmd {
+    std::string endpoint;
+    std::string envelope;
+    std::shared_ptr<pending_call> call;
+};
+struct subscribe_cmd {
+    std::uint64_t id;
+    std::string prefix;
+    bool add;
+};
+struct connect_peer_cmd {
+    std::string endpoint;
+};
+struct connect_events_cmd {
+    std::string endpoint;
+};
+struct stop_cmd {};
+using command = std::variant<async_call_cmd, subscribe_cmd, connect_peer_cmd, connect_events_cmd, stop_cmd>;
+
+struct pub_item {
+    std::string topic;
+    std::string envelope;
+};
+
+struct topic_counters {
+    std::uint64_t seq = 0;
+    std::uint64_t published = 0, dropped = 0, received = 0, gaps = 0;
+};
+
+struct subscriber_entry {
+    std::uint64_t id;
+    std::string prefix;
+    event_handler fn;
+    execution exec;
+};
+
+struct peer_state {
+    std::string endpoint;
+    bool described = false;
+    clock::time_point next_describe;
+    std::uint64_t pending_id = 0;
+};
+
+class node_impl;
+// The node whose I/O thread is the current thread (nullptr elsewhere).
+extern thread_local const node_impl* tl_io_owner;
+
+class node_impl : public std::enable_shared_from_this<node_impl> {
+public:
+    explicit node_impl(node_options opts);
+    ~node_impl();
+
+    // --- lifecycle (node facade) ---
+    void start();
+    void stop();
+
+    // --- registry (before start) ---
+    void add_method(const std::string& service, std::string name, raw_handler fn, method_options opts,
+                    std::string request_shape, std::string reply_shape);
+    void set_service_doc(const std::string& service, std::string doc);
+    void declare_topic(std::string topic, std::string doc, std::string shape);
+    service_builder builder(std::string service);
+
+    // --- client ---
+    reply call_sync(std::string_view service, std::string_view method, std::string body, const call_options& opts);
+    void call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+                    std::optional<std::promise<reply>> promise, std::function<void(reply)> cb);
+
+    // --- pub/sub ---
+    bool publish(std::string_view topic, std::string body, const headers& extra) {
+        return publish_seq(topic, std::move(body), extra) != 0;
+    }
+    // The event's sequence number, 0 when dropped.
+    std::uint64_t publish_seq(std::string_view topic, std::string body, const headers& extra);
+    std::uint64_t subscribe(std::string prefix, event_handler fn, execution exec);
+    void unsubscribe(std::uint64_t id);
+    void connect_peer(std::string endpoint);
+    void connect_events(std::string endpoint);
+
+    node_stats stats() const;
+
+    const node_options opts;
+    const std::string node_id;  // 16 random bytes
+    const std::uint64_t uid;    // distinguishes node instances in thread-local caches
+    std::vector<std::string> rpc_endpoints, pub_endpoints_;
+    logger log;
+
+private:
+    friend class plexus::service_builder;
+
+    // io thread
+    void io_main(std::promise<void> ready);
+    void io_bind(); // on io thread, before ready
+    void handle_router();
+    void handle_sub();
+    void handle_async_sock(const std::string& endpoint, zmq::socket_t& s);
+    void handle_commands();
+    void flush_publications();
+    void expire_calls(clock::time_point now);
+    void tick_peers(clock::time_point now);
+    void dispatch_request(std::vector<zmq::message_t>& frames);
+    void send_reply(std::vector<zmq::message_t>& route, const std::string& env);
+    void reply_error(std::vector<zmq::message_t>& route, std::uint64_t id, code c, std::string_view msg);
+    zmq::socket_t& async_socket(const std::string& endpoint);
+    void complete(std::shared_ptr<pending_call> call, reply r);
+    void on_describe_reply(const std::string& peer, const reply& r);
+    void drain_and_close();
+
+    // any thread
+    std::string run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
+                            std::string& error);
+    std::string encode_reply(std::uint64_t id, code c, std::string_view error, std::string_view body);
+    method_entry* find_method(std::string_view service, std::string_view method) const;
+    std::optional<std::string> resolve(std::string_view service, clock::time_point deadline, status& why);
+    std::string encode_request(std::uint64_t id, std::string_view service, std::string_view method,
+                               std::string_view body, const call_options& opts, clock::time_point deadline);
+    clock::time_point deadline_for(const call_options& opts) const;
+    std::shared_ptr<channel> my_channel();
+    void post_task(task t);
+    void worker_main();
+    void install_system_service();
+
+    // system methods (io thread)
+    std::string sys_ping(request&);
+    std::string sys_describe(request&);
+    std::string sys_stats(request&);
+    std::string sys_publish(request&);
+
+    zmq::context_t ctx_;
+    std::atomic<bool> running_{false};
+    std::atomic<bool> stopping_{false};
+    std::once_flag stop_once_;
+    clock::time_point started_at_;
+    std::atomic<std::uint64_t> next_id_;
+
+    // registry: written before start, read-only afterwards
+    std::vector<std::unique_ptr<service_entry>> services_;
+    std::vector<topic_decl> topics_decl_;
+
+    // io thread state
+    std::thread io_;
+    wakeup wake_;
+    batch_queue<command> commands_{wake_};
+    batch_queue<outgoing_reply> replies_{wake_};
+    std::optional<zmq::socket_t> router_, pub_, sub_;
+    std::map<std::string, zmq::socket_t> async_socks_;
+    std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> pending_;
+    std::multimap<clock::time_point, std::uint64_t> deadlines_;
+    std::vector<peer_state> peers_;
+    std::unordered_set<std::string> event_endpoints_;
+    std::vector<subscriber_entry> subscribers_io_;
+    std::unordered_map<std::string, std::uint64_t> last_seq_; // source + '\0' + topic
+    std::deque<pub_item> pub_backlog_;
+    std::vector<zmq::message_t> frames_;  // scratch
+    envelope_view view_;                  // scratch
+    std::atomic<std::uint64_t> pool_jobs_in_flight_{0};
+    bool io_stopping_ = false;
+
+    // subscriptions: registered from any thread, used on io thread
+    std::mutex subs_mu_;
+    std::unordered_map<std::uint64_t, subscriber_entry> subscribers_;
+    std::atomic<std::uint64_t> next_sub_id_{1};
+
+    // publishing
+    mutable std::mutex pub_mu_;
+    std::condition_variable pub_space_;
+    std::deque<pub_item> pubq_;
+    std::size_t pub_queued_ = 0; // pubq_ + pub_backlog_, under pub_mu_
+    std::unordered_map<std::string, topic_counters> topics_;
+
+    // routes learnt from peers' describe: service -> endpoints
+    mutable std::mutex routes_mu_;
+    std::condition_variable routes_cv_;
+    std::unordered_map<std::string, std::vector<std::string>> routes_;
+    std::atomic<std::uint64_t> rr_{0};
+    std::size_t peers_pending_ = 0; // peers not described yet, under routes_mu_
+
+    // sync-call channels, one per calling thread
+    std::mutex channels_mu_;
+    std::vector<std::shared_ptr<channel>> channels_;
+
+    // workers
+    std::mutex work_mu_;
+    std::condition_variable work_cv_;
+    std::deque<task> work_;
+    bool work_stop_ = false;
+    std::vector<std::thread> workers_;
+    std::atomic<unsigned> workers_running_{0};
+
+    // counters
+    std::atomic<std::uint64_t> malformed_{0}, unsupported_version_{0}, calls_sent_{0}, call_errors_{0};
+};
+
+} // namespace plexus::detail

@@ -1,0 +1,119 @@
+// Small internal building blocks of the node runtime.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <plexus/node.hpp>
+
+namespace plexus::detail {
+
+// An eventfd that wakes the I/O thread's zmq_poll (polled as a raw fd beside the
+// sockets). Measured cheaper than a second inproc PAIR socket (shared/FACTS.md).
+class wakeup {
+public:
+    wakeup() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+        if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    }
+    ~wakeup() { ::close(fd_); }
+    wakeup(const wakeup&) = delete;
+    wakeup& operator=(const wakeup&) = delete;
+
+    void signal() noexcept {
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+    }
+    void drain() noexcept {
+        std::uint64_t v;
+        [[maybe_unused]] auto n = ::read(fd_, &v, sizeof v);
+    }
+    [[nodiscard]] int fd() const noexcept { return fd_; }
+
+private:
+    int fd_;
+};
+
+// A move-only nullary task (std::function needs copyable callables; C++20 has no
+// std::move_only_function).
+class task {
+public:
+    task() = default;
+    template <class F>
+    task(F f) : impl_(std::make_unique<model<F>>(std::move(f))) {} // NOLINT(implicit)
+    void operator()() { impl_->run(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
+
+private:
+    struct concept_t {
+        virtual ~concept_t() = default;
+        virtual void run() = 0;
+    };
+    template <class F>
+    struct model final : concept_t {
+        explicit model(F f) : fn(std::move(f)) {}
+        void run() override { fn(); }
+        F fn;
+    };
+    std::unique_ptr<concept_t> impl_;
+};
+
+// Multi-producer queue drained in batches by one consumer; signals a wakeup only on
+// the empty -> non-empty transition, so a busy producer does not pay a syscall per item.
+template <class T>
+class batch_queue {
+public:
+    explicit batch_queue(wakeup& w) : wake_(&w) {}
+    void push(T item) {
+        bool was_empty;
+        {
+            std::lock_guard lk(mu_);
+            was_empty = items_.empty();
+            items_.push_back(std::move(item));
+        }
+        if (was_empty) wake_->signal();
+    }
+    // Swaps the queued items into `out` (which should be empty).
+    void take(std::deque<T>& out) {
+        std::lock_guard lk(mu_);
+        out.swap(items_);
+    }
+
+private:
+    wakeup* wake_;
+    std::mutex mu_;
+    std::deque<T> items_;
+};
+
+// logfmt lines: ts=... level=... node=... msg="..." key=value
+class logger {
+public:
+    logger(std::string node, log_level level, std::function<void(log_level, std::string_view)> sink);
+    [[nodiscard]] bool enabled(log_level l) const noexcept { return l >= level_ && level_ != log_level::off; }
+    // kv: pre-formatted ` key=value` pairs (use kv() to quote).
+    void write(log_level l, std::string_view msg, std::string_view kvs = {}) const;
+
+private:
+    std::string node_;
+    log_level level_;
+    std::function<void(log_level, std::string_view)> sink_;
+};
+
+// " key=value", quoting the value when it holds spaces, quotes or '='.
+std::string kv(std::string_view key, std::string_view value);
+std::string kv(std::string_view key, std::uint64_t value);
+std::string_view level_name(log_level l) noexcept;
+std::string hex(std::string_view bytes);
+
+} // namespace plexus::detail

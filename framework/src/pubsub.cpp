@@ -1,0 +1,197 @@
+// Publish-subscribe: events leave through the I/O thread's PUB; the SUB side tracks
+// per-publisher sequence numbers to count gaps, and dispatches to subscribers.
+#include "detail/node_impl.hpp"
+
+namespace plexus::detail {
+
+std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, const headers& extra) {
+    if (!running_ || !pub_) return 0;
+    thread_local envelope_view e;
+    e.clear();
+    e.kind = kind::event;
+    e.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    e.topic = topic;
+    e.body = body;
+    e.source = node_id;
+    if (auto* c = context::current())
+        for (auto& [k, v] : c->headers)
+            if (!extra.contains(k)) e.headers.emplace_back(k, v);
+    for (auto& [k, v] : extra) e.headers.emplace_back(k, v);
+
+    const auto limit = static_cast<std::size_t>(std::max(1, opts.send_hwm));
+    std::unique_lock lk(pub_mu_);
+    auto it = topics_.find(std::string(topic));
+    if (it == topics_.end()) it = topics_.emplace(std::string(topic), topic_counters{}).first;
+    auto& tc = it->second;
+    if (pub_queued_ >= limit) {
+        // The I/O thread cannot wait for itself: it drops.
+        if (opts.publish_overflow == overflow::drop || tl_io_owner == this) {
+            ++tc.dropped;
+            return 0;
+        }
+        auto deadline = clock::now() + opts.default_timeout;
+        if (auto* c = context::current(); c && c->deadline && *c->deadline < deadline) deadline = *c->deadline;
+        pub_space_.wait_until(lk, deadline, [&] { return pub_queued_ < limit || !running_; });
+        if (pub_queued_ >= limit || !running_) {
+            ++tc.dropped;
+            return 0;
+        }
+    }
+    e.seq = ++tc.seq;
+    std::string env;
+    env.reserve(64 + topic.size() + body.size());
+    encode(e, env);
+    if (static_cast<std::int64_t>(env.size() + topic.size()) > opts.max_message_size) {
+        --tc.seq;
+        ++tc.dropped;
+        lk.unlock();
+        log.write(log_level::warn, "event over the maximum message size dropped", kv("topic", topic) + kv("bytes", env.size()));
+        return 0;
+    }
+    const bool was_empty = pubq_.empty();
+    pubq_.push_back(pub_item{std::string(topic), std::move(env)});
+    ++pub_queued_;
+    ++tc.published;
+    const auto seq = e.seq;
+    lk.unlock();
+    if (was_empty) wake_.signal();
+    return seq;
+}
+
+void node_impl::flush_publications() {
+    if (!pub_) return;
+    {
+        std::lock_guard lk(pub_mu_);
+        if (pubq_.empty() && pub_backlog_.empty()) return;
+        for (auto& item : pubq_) pub_backlog_.push_back(std::move(item));
+        pubq_.clear();
+    }
+    std::size_t done = 0;
+    std::vector<std::string> dropped;
+    try {
+        while (!pub_backlog_.empty()) {
+            auto& item = pub_backlog_.front();
+            // ZMQ_XPUB_NODROP: EAGAIN when a subscriber's queue is full.
+            if (!pub_->send(zmq::buffer(item.topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+                if (opts.publish_overflow == overflow::block && !io_stopping_) break; // retried on the next turn
+                dropped.push_back(std::move(item.topic));
+            } else {
+                // The rest of a multipart message is accepted once its first part is.
+                (void)pub_->send(zmq::buffer(item.envelope), zmq::send_flags::none);
+            }
+            pub_backlog_.pop_front();
+            ++done;
+        }
+    } catch (const zmq::error_t& e) {
+        if (e.num() != ETERM) log.write(log_level::error, "publish failed", kv("error", e.what()));
+    }
+    if (done == 0) return;
+    std::lock_guard lk(pub_mu_);
+    pub_queued_ -= std::min(pub_queued_, done);
+    for (auto& t : dropped) topics_[t].dropped++;
+    pub_space_.notify_all();
+}
+
+std::uint64_t node_impl::subscribe(std::string prefix, event_handler fn, execution exec) {
+    if (!fn) throw error(code::invalid_argument, "subscribe: empty handler");
+    if (!running_) throw error(code::failed_precondition, "subscribe() needs a started node");
+    const auto id = next_sub_id_.fetch_add(1);
+    {
+        std::lock_guard lk(subs_mu_);
+        subscribers_.emplace(id, subscriber_entry{id, prefix, std::move(fn), exec});
+    }
+    commands_.push(subscribe_cmd{id, std::move(prefix), true});
+    return id;
+}
+
+void node_impl::unsubscribe(std::uint64_t id) {
+    std::string prefix;
+    {
+        std::lock_guard lk(subs_mu_);
+        auto it = subscribers_.find(id);
+        if (it == subscribers_.end()) return;
+        prefix = std::move(it->second.prefix);
+        subscribers_.erase(it);
+    }
+    if (running_) commands_.push(subscribe_cmd{id, std::move(prefix), false});
+}
+
+void node_impl::handle_sub() {
+    for (int batch = 0; batch < 256; ++batch) {
+        zmq::message_t topic_frame, env_frame;
+        if (!sub_->recv(topic_frame, zmq::recv_flags::dontwait)) return;
+        bool ok_shape = topic_frame.more();
+        if (topic_frame.more()) (void)sub_->recv(env_frame);
+        while (env_frame.more()) {
+            ok_shape = false;
+            zmq::message_t extra;
+            (void)sub_->recv(extra);
+            if (!extra.more()) break;
+        }
+        const std::string_view topic(static_cast<const char*>(topic_frame.data()), topic_frame.size());
+        envelope_view& v = view_;
+        v.clear();
+        status st = ok_shape ? decode(std::string_view(static_cast<const char*>(env_frame.data()), env_frame.size()), v)
+                             : status{code::invalid_argument, "an event is two frames [topic, envelope]"};
+        if (st.ok() && (v.kind != kind::event || v.topic != topic))
+            st = {code::invalid_argument, "not an event envelope for topic frame '" + std::string(topic) + "'"};
+        if (!st.ok()) {
+            const auto n = st.code == code::unsupported_version ? ++unsupported_version_ : ++malformed_;
+            if (n == 1 || n % 1000 == 0) log.write(log_level::warn, "dropped an undecodable event", kv("error", st.message));
+            continue;
+        }
+        std::uint64_t gap = 0;
+        if (v.seq != 0) {
+            std::string key(v.source);
+            key += '\0';
+            key += topic;
+            auto [it, fresh] = last_seq_.try_emplace(std::move(key), v.seq);
+            if (!fresh) {
+                if (v.seq > it->second + 1) gap = v.seq - it->second - 1;
+                it->second = v.seq;
+            }
+        }
+        {
+            std::lock_guard lk(pub_mu_);
+            auto& tc = topics_[std::string(topic)];
+            ++tc.received;
+            tc.gaps += gap;
+        }
+        if (gap) log.write(log_level::debug, "events lost", kv("topic", topic) + kv("missing", gap));
+
+        std::shared_ptr<event> ev;
+        std::vector<std::pair<event_handler, execution>> targets;
+        {
+            std::lock_guard lk(subs_mu_);
+            for (auto& [id, s] : subscribers_)
+                if (topic.substr(0, s.prefix.size()) == s.prefix) targets.emplace_back(s.fn, s.exec);
+        }
+        if (targets.empty()) continue;
+        ev = std::make_shared<event>();
+        ev->topic.assign(topic);
+        ev->body.assign(v.body);
+        ev->seq = v.seq;
+        ev->source.assign(v.source);
+        for (auto& [k, val] : v.headers) ev->headers.append(k, val);
+        for (auto& [fn, exec] : targets) {
+            auto deliver = [this, fn = std::move(fn), ev] {
+                context ctx;
+                ctx.headers = ev->headers;
+                context_scope scope(ctx);
+                try {
+                    fn(*ev);
+                } catch (const std::exception& e) {
+                    log.write(log_level::warn, "event handler threw", kv("topic", ev->topic) + kv("error", e.what()));
+                } catch (...) {
+                    log.write(log_level::warn, "event handler threw", kv("topic", ev->topic));
+                }
+            };
+            if (exec == execution::inline_loop)
+                deliver();
+            else
+                post_task(std::move(deliver));
+        }
+    }
+}
+
+} // namespace plexus::detail

@@ -1,0 +1,93 @@
+// Shared helpers of the Plexus tests: bounded waits, loopback endpoints, raw sockets.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <zmq.hpp>
+
+#include <plexus/envelope.hpp>
+#include <plexus/node.hpp>
+
+namespace testutil {
+
+using namespace std::chrono_literals;
+
+// Polls `pred` until it holds or `limit` passes; true when it held. For conditions
+// that no event announces (counters of another component).
+inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 5000ms) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+        if (pred()) return true;
+        std::this_thread::sleep_for(2ms);
+    }
+    return pred();
+}
+
+// A latch with a bounded wait, for conditions a callback announces.
+class signal {
+public:
+    void notify(int n = 1) {
+        std::lock_guard lk(mu_);
+        count_ += n;
+        cv_.notify_all();
+    }
+    bool wait_for_count(int n, std::chrono::milliseconds limit = 5000ms) {
+        std::unique_lock lk(mu_);
+        return cv_.wait_for(lk, limit, [&] { return count_ >= n; });
+    }
+    int count() {
+        std::lock_guard lk(mu_);
+        return count_;
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int count_ = 0;
+};
+
+// Options for a node on loopback with free ports and quiet logs.
+inline plexus::node_options loopback(std::string name) {
+    plexus::node_options o;
+    o.name = std::move(name);
+    o.bind = {"tcp://127.0.0.1:*"};
+    o.pub_bind = {"tcp://127.0.0.1:*"};
+    o.log = plexus::log_level::error;
+    o.default_timeout = 3000ms;
+    o.shutdown_timeout = 1000ms;
+    return o;
+}
+
+// Binds a raw socket to a free loopback port and returns the endpoint.
+inline std::string bind_any(zmq::socket_t& s) {
+    s.bind("tcp://127.0.0.1:*");
+    return s.get(zmq::sockopt::last_endpoint);
+}
+
+inline std::string request_bytes(std::uint64_t id, std::string service, std::string method, std::string body = {},
+                                 std::optional<std::uint64_t> deadline_us = std::nullopt) {
+    plexus::envelope e;
+    e.kind = plexus::kind::request;
+    e.id = id;
+    e.service = std::move(service);
+    e.method = std::move(method);
+    e.body = std::move(body);
+    e.deadline_us = deadline_us;
+    return plexus::encode(e);
+}
+
+inline std::string str(const zmq::message_t& m) { return std::string(static_cast<const char*>(m.data()), m.size()); }
+
+// Receives one message with a bound; false on timeout.
+inline bool recv_within(zmq::socket_t& s, zmq::message_t& m, std::chrono::milliseconds limit = 3000ms) {
+    zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, limit) == 0) return false;
+    return s.recv(m, zmq::recv_flags::dontwait).has_value();
+}
+
+} // namespace testutil
