@@ -47,8 +47,19 @@ clock::time_point node_impl::deadline_for(const call_options& o) const {
     return d;
 }
 
+headers node_impl::outgoing_headers(const headers& extra) const {
+    headers out;
+    if (auto* c = context::current()) {
+        out.reserve(c->headers.size() + extra.size());
+        for (auto& [k, v] : c->headers)
+            if (!policy_->hop_by_hop(k) && !extra.contains(k)) out.append(k, v);
+    }
+    for (auto& [k, v] : extra) out.append(k, v);
+    return out;
+}
+
 std::string node_impl::encode_request(std::uint64_t id, std::string_view service, std::string_view method,
-                                      std::string_view body, const call_options& o, clock::time_point deadline) {
+                                      std::string_view body, const headers& h, clock::time_point deadline) {
     thread_local envelope_view e;
     e.clear();
     e.kind = kind::request;
@@ -56,11 +67,7 @@ std::string node_impl::encode_request(std::uint64_t id, std::string_view service
     e.service = service;
     e.method = method;
     e.body = body;
-    if (auto* c = context::current()) {
-        for (auto& [k, v] : c->headers)
-            if (!o.headers.contains(k)) e.headers.emplace_back(k, v);
-    }
-    for (auto& [k, v] : o.headers) e.headers.emplace_back(k, v);
+    for (auto& [k, v] : h) e.headers.emplace_back(k, v);
     auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now()).count();
     e.deadline_us = static_cast<std::uint64_t>(std::max<std::int64_t>(left, 0));
     std::string out;
@@ -119,9 +126,15 @@ std::shared_ptr<channel> node_impl::my_channel() {
 }
 
 reply node_impl::call_sync(std::string_view service, std::string_view method, std::string body, const call_options& o) {
+    headers sent;
+    call_info info{service, method, sent, std::nullopt, {}, nullptr};
+    std::size_t ran = 0;
+    const auto started = clock::now();
     auto fail = [&](code c, std::string msg) {
         ++call_errors_;
-        return reply{{c, std::move(msg)}, {}};
+        reply r{{c, std::move(msg)}, {}};
+        run_after(chain_, ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - started); });
+        return r;
     };
     if (tl_io_owner == this)
         return fail(code::failed_precondition,
@@ -138,8 +151,13 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
         if (!ep) return fail(why.code, why.message);
         endpoint = std::move(*ep);
     }
+    sent = outgoing_headers(o.headers);
+    info.deadline = deadline;
+    info.endpoint = endpoint;
+    if (auto pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
+        return fail(pre.code, pre.message);
     const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    const std::string env = encode_request(id, service, method, body, o, deadline);
+    const std::string env = encode_request(id, service, method, body, sent, deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return fail(code::resource_exhausted, "request of " + std::to_string(env.size()) +
                                                   " bytes exceeds the maximum message size of " +
@@ -204,8 +222,10 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
                 continue;
             }
             if (rep.kind != kind::reply || rep.id != id) continue; // a late reply to an earlier call
-            if (rep.status != code::ok) ++call_errors_;
-            return reply{{rep.status, std::move(rep.error)}, std::move(rep.body)};
+            if (rep.status != code::ok) return fail(rep.status, std::move(rep.error));
+            reply r{{rep.status, std::move(rep.error)}, std::move(rep.body)};
+            run_after(chain_, ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - started); });
+            return r;
         }
     } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) {
@@ -222,10 +242,15 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     auto call = std::make_shared<pending_call>();
     call->promise = std::move(promise);
     call->callback = std::move(cb);
+    call->service = service;
+    call->method = method;
+    call->started = clock::now();
     if (auto* c = context::current()) call->ctx = std::make_shared<context>(*c);
     auto finish_now = [&](code c, std::string msg) {
         ++call_errors_;
         reply r{{c, std::move(msg)}, {}};
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
         if (call->promise) call->promise->set_value(std::move(r));
         else if (call->callback) {
             if (running_) {
@@ -251,9 +276,15 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
         if (!ep) return finish_now(why.code, why.message);
         endpoint = std::move(*ep);
     }
-    call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
     call->endpoint = endpoint;
-    std::string env = encode_request(call->id, service, method, body, o, call->deadline);
+    call->sent = outgoing_headers(o.headers);
+    {
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        if (auto pre = run_before(chain_, call->ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
+            return finish_now(pre.code, pre.message);
+    }
+    call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    std::string env = encode_request(call->id, service, method, body, call->sent, call->deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
                                                         " bytes exceeds the maximum message size of " +
@@ -264,6 +295,10 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
 
 void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     if (r.status.code != code::ok) ++call_errors_;
+    if (call->ran > 0) {
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
+    }
     if (call->on_io) {
         call->on_io(r);
     } else if (call->promise) {
@@ -350,7 +385,6 @@ void node_impl::tick_peers(clock::time_point now) {
         p.pending_id = call->id;
         const std::string ep = p.endpoint;
         call->on_io = [this, ep](const reply& r) { on_describe_reply(ep, r); };
-        call_options o;
         std::string env;
         {
             envelope_view e;

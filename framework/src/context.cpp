@@ -11,3 +11,30 @@ context_scope::context_scope(context& ctx) noexcept : previous_(current_context)
 context_scope::~context_scope() { current_context = previous_; }
 
 } // namespace plexus
+
+namespace plexus {
+namespace {
+// "00-" + 32 + "-" + 16 + "-" + 2
+bool valid_traceparent(std::string_view tp) noexcept {
+    if (tp.size() < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-') return false;
+    for (std::size_t i = 0; i < 55; ++i) {
+        if (i == 2 || i == 35 || i == 52) continue;
+        const char c = tp[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    }
+    return true;
+}
+} // namespace
+
+std::string_view context::trace_id() const noexcept {
+    auto tp = headers.get(header_key::traceparent);
+    if (!tp || !valid_traceparent(*tp)) return {};
+    return tp->substr(3, 32);
+}
+
+std::string_view context::span_id() const noexcept {
+    auto tp = headers.get(header_key::traceparent);
+    if (!tp || !valid_traceparent(*tp)) return {};
+    return tp->substr(36, 16);
+}
+} // namespace plexus

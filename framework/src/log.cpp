@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include <plexus/context.hpp>
+
 #include "detail/util.hpp"
 
 namespace plexus::detail {
@@ -79,6 +81,12 @@ void logger::write(log_level l, std::string_view msg, std::string_view kvs) cons
     line += ts;
     line += kv("level", level_name(l));
     line += kv("node", node_);
+    if (auto* c = context::current()) {
+        if (auto t = c->trace_id(); !t.empty()) {
+            line += kv("trace_id", t);
+            line += kv("span_id", c->span_id());
+        }
+    }
     line += kv("msg", msg);
     line += kvs;
     if (sink_) {

@@ -33,6 +33,12 @@ node_impl::node_impl(node_options o)
     : opts(std::move(o)), node_id(random_bytes(16)), uid(next_uid.fetch_add(1)),
       log(opts.name, opts.log, opts.log_sink), ctx_(1), next_id_(random_u64() >> 1) {
     install_system_service();
+    metrics_ = std::make_shared<metrics_interceptor>();
+    policy_ = std::make_shared<policy_interceptor>(opts.propagation);
+    chain_ = {metrics_, policy_, std::make_shared<tracing_interceptor>(opts.propagation.max_call_chain),
+              std::make_shared<logging_interceptor>(log)};
+    for (auto& i : opts.interceptors)
+        if (i) chain_.push_back(i);
 }
 
 node_impl::~node_impl() {
@@ -101,6 +107,8 @@ void node_impl::start() {
     if (running_ || stopping_) throw error(code::failed_precondition, "node already started");
     if (opts.max_message_size <= 0) throw error(code::invalid_argument, "max_message_size must be positive");
     started_at_ = clock::now();
+    for (auto& s : services_)
+        for (auto& m : s->methods) metrics_->add_server_method(m->service, m->name);
     std::promise<void> ready;
     auto fut = ready.get_future();
     io_ = std::thread([this, p = std::move(ready)]() mutable { io_main(std::move(p)); });
@@ -413,7 +421,12 @@ void node_impl::handle_commands() {
                         sub_->set(zmq::sockopt::unsubscribe, cmd.prefix);
                 } else if constexpr (std::is_same_v<T, connect_peer_cmd>) {
                     for (auto& p : peers_)
-                        if (p.endpoint == cmd.endpoint) return;
+                        if (p.endpoint == cmd.endpoint) {
+                            std::lock_guard lk(routes_mu_);
+                            --peers_pending_; // counted by connect_peer(); this peer is known already
+                            routes_cv_.notify_all();
+                            return;
+                        }
                     peers_.push_back({cmd.endpoint, false, clock::now(), 0});
                 } else if constexpr (std::is_same_v<T, connect_events_cmd>) {
                     if (sub_ && event_endpoints_.insert(cmd.endpoint).second) {
@@ -543,19 +556,16 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
                                   : "no service '" + std::string(view_.service) + "' on node '" + opts.name + "'");
         return;
     }
-    m->calls++;
     if (view_.deadline_us && *view_.deadline_us == 0) {
-        m->errors++;
+        metrics_->record_early(m->service, m->name, code::deadline_exceeded);
         reply_error(route, view_.id, code::deadline_exceeded, "request arrived with no time left before its deadline");
         return;
     }
-    m->in_flight++;
     if (m->opts.exec == execution::inline_loop) {
         code c = code::ok;
         std::string err;
         std::string body = run_handler(*m, view_, received, c, err);
         send_reply(route, encode_reply(view_.id, c, err, body));
-        m->in_flight--;
         return;
     }
     // Pool: the job keeps the frames (the view points into the envelope frame; moving
@@ -576,12 +586,11 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
         if (v->deadline_us && clock::now() >= job->received + std::chrono::microseconds(*v->deadline_us)) {
             c = code::deadline_exceeded;
             err = "deadline passed while the request waited for a worker";
-            job->method->errors++;
+            metrics_->record_early(job->method->service, job->method->name, c);
         } else {
             body = run_handler(*job->method, *v, job->received, c, err);
         }
         replies_.push(outgoing_reply{std::move(*rt), encode_reply(v->id, c, err, body)});
-        job->method->in_flight--;
         --pool_jobs_in_flight_;
     });
 }
@@ -594,8 +603,13 @@ std::string node_impl::run_handler(method_entry& m, const envelope_view& env, cl
     if (env.deadline_us) ctx.deadline = received + std::chrono::microseconds(*env.deadline_us);
     request rq{env.service, env.method, env.body, env.id, ctx};
     context_scope scope(ctx);
+    call_info info{m.service, m.name, ctx.headers, ctx.deadline, {}, &ctx};
+    std::size_t ran = 0;
+    const auto t0 = clock::now();
     std::string body;
     try {
+        plexus::status pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_handle(info); });
+        if (!pre.ok()) throw error(pre);
         body = m.fn(rq);
         status = code::ok;
     } catch (const error& e) {
@@ -616,18 +630,29 @@ std::string node_impl::run_handler(method_entry& m, const envelope_view& env, cl
               std::to_string(opts.max_message_size);
         body.clear();
     }
-    if (status != code::ok) {
-        m.errors++;
-        body.clear();
-    }
+    if (status != code::ok) body.clear();
+    const plexus::status final_status{status, err};
+    const auto elapsed = clock::now() - t0;
+    run_after(chain_, ran, [&](interceptor& i) {
+        try {
+            i.after_handle(info, final_status, elapsed);
+        } catch (...) {
+        }
+    });
     return body;
 }
 
 node_stats node_impl::stats() const {
     node_stats s;
-    for (auto& svc : services_)
-        for (auto& m : svc->methods)
-            s.methods.push_back({m->service, m->name, m->calls.load(), m->errors.load(), m->in_flight.load()});
+    for (auto* m : metrics_->server_methods()) {
+        method_stats ms{m->service, m->method, m->calls.load(), m->errors(), m->in_flight.load()};
+        for (std::size_t c = 1; c < m->by_code.size(); ++c)
+            if (auto n = m->by_code[c].load()) ms.errors_by_code.emplace_back(static_cast<code>(c), n);
+        ms.p50_us = m->latency.quantile_us(0.50);
+        ms.p90_us = m->latency.quantile_us(0.90);
+        ms.p99_us = m->latency.quantile_us(0.99);
+        s.methods.push_back(std::move(ms));
+    }
     {
         std::lock_guard lk(pub_mu_);
         for (auto& [name, t] : topics_) s.topics.push_back({name, t.published, t.dropped, t.received, t.gaps});

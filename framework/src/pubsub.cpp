@@ -13,10 +13,18 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     e.topic = topic;
     e.body = body;
     e.source = node_id;
-    if (auto* c = context::current())
-        for (auto& [k, v] : c->headers)
-            if (!extra.contains(k)) e.headers.emplace_back(k, v);
-    for (auto& [k, v] : extra) e.headers.emplace_back(k, v);
+    headers h = outgoing_headers(extra);
+    {
+        event_info info{topic, h, nullptr};
+        std::size_t ran = 0;
+        if (auto pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_publish(info); }); !pre.ok()) {
+            log.write(log_level::warn, "event rejected", kv("topic", topic) + kv("error", pre.message));
+            std::lock_guard lk(pub_mu_);
+            topics_[std::string(topic)].dropped++;
+            return 0;
+        }
+    }
+    for (auto& [k, v] : h) e.headers.emplace_back(k, v);
 
     const auto limit = static_cast<std::size_t>(std::max(1, opts.send_hwm));
     std::unique_lock lk(pub_mu_);
@@ -178,13 +186,37 @@ void node_impl::handle_sub() {
                 context ctx;
                 ctx.headers = ev->headers;
                 context_scope scope(ctx);
+                event_info info{ev->topic, ctx.headers, &ctx};
+                std::size_t ran = 0;
+                const auto t0 = clock::now();
+                status st;
                 try {
-                    fn(*ev);
+                    st = run_before(chain_, ran, [&](interceptor& i) { return i.before_deliver(info); });
+                    if (st.ok()) {
+                        if (ctx.headers == ev->headers) {
+                            fn(*ev);
+                        } else { // an interceptor changed the headers: the handler sees its version
+                            event copy = *ev;
+                            copy.headers = ctx.headers;
+                            fn(copy);
+                        }
+                    }
+                } catch (const error& e) {
+                    st = e.to_status();
                 } catch (const std::exception& e) {
+                    st = {code::internal, e.what()};
                     log.write(log_level::warn, "event handler threw", kv("topic", ev->topic) + kv("error", e.what()));
                 } catch (...) {
+                    st = {code::internal, "non-standard exception"};
                     log.write(log_level::warn, "event handler threw", kv("topic", ev->topic));
                 }
+                const auto elapsed = clock::now() - t0;
+                run_after(chain_, ran, [&](interceptor& i) {
+                    try {
+                        i.after_deliver(info, st, elapsed);
+                    } catch (...) {
+                    }
+                });
             };
             if (exec == execution::inline_loop)
                 deliver();

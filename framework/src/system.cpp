@@ -129,7 +129,7 @@ std::string node_impl::sys_stats(request&) {
     pack_str(pk, "methods");
     pk.pack_array(static_cast<std::uint32_t>(s.methods.size()));
     for (auto& m : s.methods) {
-        pk.pack_map(5);
+        pk.pack_map(9);
         pack_str(pk, "service");
         pack_str(pk, m.service);
         pack_str(pk, "method");
@@ -140,6 +140,18 @@ std::string node_impl::sys_stats(request&) {
         pk.pack_uint64(m.errors);
         pack_str(pk, "in_flight");
         pk.pack_uint64(m.in_flight);
+        pack_str(pk, "errors_by_code");
+        pk.pack_map(static_cast<std::uint32_t>(m.errors_by_code.size()));
+        for (auto& [c, n] : m.errors_by_code) {
+            pack_str(pk, plexus::to_string(c));
+            pk.pack_uint64(n);
+        }
+        pack_str(pk, "p50_us");
+        pk.pack_double(m.p50_us);
+        pack_str(pk, "p90_us");
+        pk.pack_double(m.p90_us);
+        pack_str(pk, "p99_us");
+        pk.pack_double(m.p99_us);
     }
     pack_str(pk, "topics");
     pk.pack_array(static_cast<std::uint32_t>(s.topics.size()));

@@ -11,6 +11,8 @@
 
 #include <chrono>
 #include <optional>
+#include <string>
+#include <string_view>
 
 #include <plexus/headers.hpp>
 
@@ -18,9 +20,27 @@ namespace plexus {
 
 using clock = std::chrono::steady_clock;
 
+// Conventional header keys (docs/PROTOCOL.md, "Context headers").
+namespace header_key {
+inline constexpr std::string_view user_id = "user-id";
+inline constexpr std::string_view groups = "groups";               // comma-separated
+inline constexpr std::string_view authorization = "authorization";
+inline constexpr std::string_view traceparent = "traceparent";     // W3C Trace Context
+inline constexpr std::string_view call_chain = "call-chain";       // comma-separated service.method hops
+// Keys that start with this prefix are hop-by-hop: they reach the next hop only.
+inline constexpr std::string_view hop_prefix = "hop-";
+} // namespace header_key
+
 struct context {
     plexus::headers headers;
     std::optional<clock::time_point> deadline;
+    // Span id (16 hex digits) of the caller's span, when a traceparent came in.
+    std::string parent_span_id{};
+
+    // From the "traceparent" header ("00-<trace-id>-<span-id>-<flags>"): this hop's
+    // trace id (32 hex digits) and span id (16); empty without a valid traceparent.
+    [[nodiscard]] std::string_view trace_id() const noexcept;
+    [[nodiscard]] std::string_view span_id() const noexcept;
 
     // The context current on this thread, or nullptr.
     [[nodiscard]] static context* current() noexcept;

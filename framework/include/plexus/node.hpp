@@ -35,6 +35,7 @@
 #include <plexus/context.hpp>
 #include <plexus/error.hpp>
 #include <plexus/headers.hpp>
+#include <plexus/interceptor.hpp>
 
 namespace plexus {
 
@@ -72,6 +73,23 @@ enum class overflow : std::uint8_t {
 
 enum class log_level : std::uint8_t { trace, debug, info, warn, error, off };
 
+// What context headers travel where (docs/PROTOCOL.md, "Context headers").
+struct header_policy {
+    // Keys never carried from a handler's context into the calls and events it makes
+    // (besides keys starting with "hop-", which never are).
+    std::vector<std::string> hop_by_hop{};
+    // Keys removed from every call to one service, e.g. {"billing", {"authorization"}}.
+    std::vector<std::pair<std::string, std::vector<std::string>>> strip_for{};
+    // Keys removed from incoming requests and events before anything sees them
+    // (e.g. a role header only inner services may set).
+    std::vector<std::string> reject_inbound{};
+    // Cap on the sum of key and value lengths of one envelope's headers: a call or event
+    // over it fails with resource_exhausted; a request over it is answered so.
+    std::size_t max_header_bytes = 16 * 1024;
+    // Hops kept in the "call-chain" header (the last ones).
+    std::size_t max_call_chain = 10;
+};
+
 struct node_options {
     std::string name = "node";
     // RPC (ROUTER) endpoints to bind. "tcp://127.0.0.1:*" picks a free port.
@@ -98,6 +116,10 @@ struct node_options {
     // High-water marks (messages) of every socket.
     int send_hwm = 10000;
     int recv_hwm = 10000;
+    // Context header propagation rules.
+    header_policy propagation{};
+    // Interceptors after the built-in ones, in this order (see interceptor.hpp).
+    std::vector<std::shared_ptr<interceptor>> interceptors{};
     // Whether the system method plexus.publish may publish on this node's behalf
     // (used by `plexus pub`). Off by default: it lets any caller emit events.
     bool remote_publish = false;
@@ -240,6 +262,9 @@ struct topic_stats {
 struct method_stats {
     std::string service, method;
     std::uint64_t calls = 0, errors = 0, in_flight = 0;
+    std::vector<std::pair<code, std::uint64_t>> errors_by_code{};
+    // Latency estimated from the histogram, microseconds (0 without calls).
+    double p50_us = 0, p90_us = 0, p99_us = 0;
 };
 struct node_stats {
     std::vector<method_stats> methods;
@@ -318,6 +343,12 @@ public:
     [[nodiscard]] subscription subscribe(std::string prefix, event_handler fn, execution exec = execution::pool);
 
     [[nodiscard]] node_stats stats() const;
+    // The metrics in Prometheus text exposition format (version 0.0.4).
+    [[nodiscard]] std::string metrics_text() const;
+
+    // Writes a logfmt line through the node's log sink, with the node name and, while
+    // handling, the trace id and span id of the current context.
+    void log(log_level level, std::string_view message, const plexus::headers& fields = {}) const;
 
 private:
     std::shared_ptr<detail::node_impl> impl_;

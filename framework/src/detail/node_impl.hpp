@@ -29,6 +29,7 @@
 #include <plexus/envelope.hpp>
 #include <plexus/node.hpp>
 
+#include "builtins.hpp"
 #include "util.hpp"
 
 namespace plexus::detail {
@@ -39,7 +40,6 @@ struct method_entry {
     raw_handler fn;
     method_options opts;
     std::string request_shape, reply_shape;
-    std::atomic<std::uint64_t> calls{0}, errors{0}, in_flight{0};
 };
 
 struct service_entry {
@@ -79,6 +79,11 @@ struct outgoing_reply {
 
 struct pending_call {
     std::uint64_t id = 0;
+    // for the interceptors' after_call
+    std::string service, method;
+    headers sent;
+    clock::time_point started;
+    std::size_t ran = 0;
     clock::time_point deadline;
     std::string endpoint;
     std::optional<std::promise<reply>> promise;
@@ -167,6 +172,7 @@ public:
     void connect_events(std::string endpoint);
 
     node_stats stats() const;
+    std::string metrics_text() const;
 
     const node_options opts;
     const std::string node_id;  // 16 random bytes
@@ -202,7 +208,10 @@ private:
     method_entry* find_method(std::string_view service, std::string_view method) const;
     std::optional<std::string> resolve(std::string_view service, clock::time_point deadline, status& why);
     std::string encode_request(std::uint64_t id, std::string_view service, std::string_view method,
-                               std::string_view body, const call_options& opts, clock::time_point deadline);
+                               std::string_view body, const headers& h, clock::time_point deadline);
+    // The current context's headers that travel on (hop-by-hop ones left behind),
+    // overridden by `extra`.
+    headers outgoing_headers(const headers& extra) const;
     clock::time_point deadline_for(const call_options& opts) const;
     std::shared_ptr<channel> my_channel();
     void post_task(task t);
@@ -275,6 +284,11 @@ private:
     bool work_stop_ = false;
     std::vector<std::thread> workers_;
     std::atomic<unsigned> workers_running_{0};
+
+    // interceptors: built-ins first, then node_options::interceptors
+    std::shared_ptr<metrics_interceptor> metrics_;
+    std::shared_ptr<policy_interceptor> policy_;
+    std::vector<std::shared_ptr<interceptor>> chain_;
 
     // counters
     std::atomic<std::uint64_t> malformed_{0}, unsupported_version_{0}, calls_sent_{0}, call_errors_{0};

@@ -1,0 +1,263 @@
+#include "detail/builtins.hpp"
+
+#include <algorithm>
+#include <random>
+
+namespace plexus::detail {
+
+// ---------------------------------------------------------------- histogram
+
+void histogram::record(std::chrono::nanoseconds d) noexcept {
+    const auto us = static_cast<std::uint64_t>(std::max<std::int64_t>(d.count(), 0) / 1000);
+    std::size_t i = 0;
+    while (i < bounds_us.size() && us > bounds_us[i]) ++i;
+    buckets_[i].fetch_add(1, std::memory_order_relaxed);
+    sum_ns_.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(d.count(), 0)), std::memory_order_relaxed);
+}
+
+std::vector<std::uint64_t> histogram::counts() const {
+    std::vector<std::uint64_t> out;
+    out.reserve(buckets_.size());
+    for (auto& b : buckets_) out.push_back(b.load(std::memory_order_relaxed));
+    return out;
+}
+
+double histogram::quantile_us(double q) const {
+    const auto c = counts();
+    std::uint64_t total = 0;
+    for (auto v : c) total += v;
+    if (total == 0) return 0;
+    const double rank = q * static_cast<double>(total);
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < c.size(); ++i) {
+        if (c[i] == 0) continue;
+        if (static_cast<double>(seen + c[i]) >= rank) {
+            const double lo = i == 0 ? 0.0 : static_cast<double>(bounds_us[i - 1]);
+            const double hi = i < bounds_us.size() ? static_cast<double>(bounds_us[i]) : lo * 2;
+            const double within = (rank - static_cast<double>(seen)) / static_cast<double>(c[i]);
+            return lo + (hi - lo) * std::clamp(within, 0.0, 1.0);
+        }
+        seen += c[i];
+    }
+    return static_cast<double>(bounds_us.back());
+}
+
+// ---------------------------------------------------------------- metrics
+
+std::uint64_t method_metrics::errors() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 1; i < by_code.size(); ++i) n += by_code[i].load(std::memory_order_relaxed);
+    return n;
+}
+
+void metrics_interceptor::add_server_method(std::string service, std::string method) {
+    auto m = std::make_unique<method_metrics>();
+    m->service = std::move(service);
+    m->method = std::move(method);
+    server_.push_back(std::move(m));
+}
+
+method_metrics* metrics_interceptor::server(std::string_view service, std::string_view method) const noexcept {
+    for (auto& m : server_)
+        if (m->method == method && m->service == service) return m.get();
+    return nullptr;
+}
+
+method_metrics& metrics_interceptor::client(std::string_view service, std::string_view method) {
+    std::string key(service);
+    key += '.';
+    key += method;
+    std::lock_guard lk(client_mu_);
+    auto it = client_.find(key);
+    if (it == client_.end()) {
+        auto m = std::make_unique<method_metrics>();
+        m->service = service;
+        m->method = method;
+        it = client_.emplace(std::move(key), std::move(m)).first;
+    }
+    return *it->second;
+}
+
+namespace {
+std::size_t code_index(code c) {
+    auto i = static_cast<std::size_t>(c);
+    return i < 18 ? i : 2;
+}
+} // namespace
+
+void metrics_interceptor::record_early(std::string_view service, std::string_view method, code c) {
+    if (auto* m = server(service, method)) {
+        m->calls.fetch_add(1, std::memory_order_relaxed);
+        m->by_code[code_index(c)].fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
+status metrics_interceptor::before_handle(call_info& c) {
+    if (auto* m = server(c.service, c.method)) {
+        m->calls.fetch_add(1, std::memory_order_relaxed);
+        m->in_flight.fetch_add(1, std::memory_order_relaxed);
+    }
+    return {};
+}
+
+void metrics_interceptor::after_handle(const call_info& c, const status& s, std::chrono::nanoseconds d) {
+    if (auto* m = server(c.service, c.method)) {
+        m->in_flight.fetch_sub(1, std::memory_order_relaxed);
+        m->by_code[code_index(s.code)].fetch_add(1, std::memory_order_relaxed);
+        m->latency.record(d);
+    }
+}
+
+void metrics_interceptor::after_call(const call_info& c, const status& s, std::chrono::nanoseconds d) {
+    auto& m = client(c.service, c.method);
+    m.calls.fetch_add(1, std::memory_order_relaxed);
+    m.by_code[code_index(s.code)].fetch_add(1, std::memory_order_relaxed);
+    m.latency.record(d);
+}
+
+std::vector<const method_metrics*> metrics_interceptor::server_methods() const {
+    std::vector<const method_metrics*> out;
+    for (auto& m : server_) out.push_back(m.get());
+    return out;
+}
+
+std::vector<const method_metrics*> metrics_interceptor::client_methods() const {
+    std::lock_guard lk(client_mu_);
+    std::vector<const method_metrics*> out;
+    for (auto& [k, m] : client_) out.push_back(m.get());
+    return out;
+}
+
+// ---------------------------------------------------------------- header policy
+
+bool policy_interceptor::hop_by_hop(std::string_view key) const noexcept {
+    if (key.substr(0, header_key::hop_prefix.size()) == header_key::hop_prefix) return true;
+    return std::find(p_.hop_by_hop.begin(), p_.hop_by_hop.end(), key) != p_.hop_by_hop.end();
+}
+
+status policy_interceptor::check_size(const headers& h, std::string_view what) const {
+    const auto n = h.byte_size();
+    if (n <= p_.max_header_bytes) return {};
+    return {code::resource_exhausted, std::string(what) + " headers take " + std::to_string(n) +
+                                          " bytes, over the cap of " + std::to_string(p_.max_header_bytes)};
+}
+
+status policy_interceptor::before_handle(call_info& c) {
+    for (auto& k : p_.reject_inbound) c.headers.erase(k);
+    return check_size(c.headers, "request");
+}
+
+status policy_interceptor::before_call(call_info& c) {
+    for (auto& [service, keys] : p_.strip_for)
+        if (service == c.service)
+            for (auto& k : keys) c.headers.erase(k);
+    return check_size(c.headers, "call");
+}
+
+status policy_interceptor::before_publish(event_info& e) { return check_size(e.headers, "event"); }
+
+status policy_interceptor::before_deliver(event_info& e) {
+    for (auto& k : p_.reject_inbound) e.headers.erase(k);
+    return {};
+}
+
+// ---------------------------------------------------------------- tracing
+
+namespace {
+std::string random_hex(std::size_t digits) {
+    thread_local std::mt19937_64 rng{std::random_device{}() ^ (static_cast<std::uint64_t>(std::random_device{}()) << 32)};
+    static constexpr char hexd[] = "0123456789abcdef";
+    std::string out(digits, '0');
+    for (;;) {
+        std::uint64_t bits = 0;
+        bool nonzero = false;
+        for (std::size_t i = 0; i < digits; ++i) {
+            if (i % 16 == 0) bits = rng();
+            out[i] = hexd[bits & 15];
+            bits >>= 4;
+            nonzero |= out[i] != '0';
+        }
+        if (nonzero) return out; // all-zero ids are invalid in W3C Trace Context
+    }
+}
+
+bool valid_traceparent(std::string_view tp) {
+    plexus::context probe;
+    probe.headers.set(header_key::traceparent, tp);
+    return !probe.trace_id().empty() && tp.substr(3, 32) != std::string(32, '0') && tp.substr(36, 16) != std::string(16, '0');
+}
+
+// A new span in the trace of `incoming` (or a new trace); returns the new header and
+// stores the caller's span id in parent.
+std::string child_span(std::optional<std::string_view> incoming, std::string* parent) {
+    if (incoming && valid_traceparent(*incoming)) {
+        if (parent) parent->assign(incoming->substr(36, 16));
+        std::string tp = "00-";
+        tp += incoming->substr(3, 32);
+        tp += '-';
+        tp += random_hex(16);
+        tp += '-';
+        tp += incoming->substr(53, 2);
+        return tp;
+    }
+    if (parent) parent->clear();
+    return new_traceparent();
+}
+} // namespace
+
+std::string new_traceparent() { return "00-" + random_hex(32) + "-" + random_hex(16) + "-01"; }
+
+status tracing_interceptor::before_handle(call_info& c) {
+    std::string parent;
+    c.headers.set(header_key::traceparent, child_span(c.headers.get(header_key::traceparent), &parent));
+    if (c.context) c.context->parent_span_id = std::move(parent);
+    // call-chain: the hops so far, this one last, at most max_chain_.
+    std::string chain(c.headers.get_or(header_key::call_chain, ""));
+    if (!chain.empty()) chain += ',';
+    chain += c.service;
+    chain += '.';
+    chain += c.method;
+    std::size_t hops = static_cast<std::size_t>(std::count(chain.begin(), chain.end(), ',')) + 1;
+    while (hops > max_chain_ && max_chain_ > 0) {
+        chain.erase(0, chain.find(',') + 1);
+        --hops;
+    }
+    c.headers.set(header_key::call_chain, chain);
+    return {};
+}
+
+status tracing_interceptor::before_call(call_info& c) {
+    // Inside a handler the context's traceparent names the handler's span: the callee
+    // makes its own span with it as parent. Outside, the call starts a trace.
+    auto tp = c.headers.get(header_key::traceparent);
+    if (!tp || !valid_traceparent(*tp)) c.headers.set(header_key::traceparent, new_traceparent());
+    return {};
+}
+
+status tracing_interceptor::before_publish(event_info& e) {
+    auto tp = e.headers.get(header_key::traceparent);
+    if (!tp || !valid_traceparent(*tp)) e.headers.set(header_key::traceparent, new_traceparent());
+    return {};
+}
+
+status tracing_interceptor::before_deliver(event_info& e) {
+    std::string parent;
+    e.headers.set(header_key::traceparent, child_span(e.headers.get(header_key::traceparent), &parent));
+    if (e.context) e.context->parent_span_id = std::move(parent);
+    return {};
+}
+
+// ---------------------------------------------------------------- logging
+
+void logging_interceptor::after_handle(const call_info& c, const status& s, std::chrono::nanoseconds d) {
+    const auto level = s.ok() ? log_level::debug : log_level::info;
+    if (!log_.enabled(level)) return;
+    std::string kvs = kv("method", std::string(c.service) + "." + std::string(c.method));
+    kvs += kv("status", to_string(s.code));
+    kvs += kv("duration_us", static_cast<std::uint64_t>(d.count() / 1000));
+    if (auto u = c.headers.get(header_key::user_id)) kvs += kv("user_id", *u);
+    if (!s.ok()) kvs += kv("error", s.message);
+    log_.write(level, "handled", kvs);
+}
+
+} // namespace plexus::detail
