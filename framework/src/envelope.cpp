@@ -16,6 +16,7 @@
 #include <plexus/envelope.hpp>
 
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <string>
 
