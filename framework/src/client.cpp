@@ -175,9 +175,8 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
             s.set(zmq::sockopt::sndhwm, opts.send_hwm);
             s.set(zmq::sockopt::rcvhwm, opts.recv_hwm);
             s.set(zmq::sockopt::linger, 0);
-            // Queue only on connected pipes: a request never waits unseen in a queue to
-            // a peer that is down, and a failed connection is reported as such.
-            s.set(zmq::sockopt::immediate, true);
+            // Not ZMQ_IMMEDIATE: with it, a reply that has arrived is thrown away when the
+            // peer disconnects before we read it (e.g. a reply flushed at the peer's stop).
             s.connect(endpoint);
             it = ch->socks.emplace(endpoint, std::move(s)).first;
         }
@@ -188,16 +187,20 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
             if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) break;
             zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLOUT, 0};
             if (clock::now() >= deadline || zmq::poll(&item, 1, std::chrono::milliseconds(ms_until(deadline))) == 0)
-                return fail(code::unavailable, "could not connect to " + endpoint + " before the deadline");
+                return fail(code::unavailable, "send queue to " + endpoint + " stayed full until the deadline");
         }
         (void)s.send(zmq::buffer(env), zmq::send_flags::none);
         for (;;) {
             zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
             const long wait = ms_until(deadline);
             if (zmq::poll(&item, 1, std::chrono::milliseconds(wait)) == 0 && clock::now() >= deadline) {
+                // Close the socket (linger 0): a request still queued for a peer that never
+                // connected must not reach it later, and a late reply is not wanted either.
+                ch->socks.erase(it);
                 const auto total = o.timeout.count() > 0 ? o.timeout : opts.default_timeout;
                 return fail(code::deadline_exceeded, "no reply for " + describe_target(service, method, endpoint) +
-                                                         " within " + std::to_string(total.count()) + " ms");
+                                                         " within " + std::to_string(total.count()) +
+                                                         " ms (is the peer up?)");
             }
             if (!(item.revents & ZMQ_POLLIN)) continue;
             zmq::message_t first, second;

@@ -189,6 +189,30 @@ void node_impl::post_task(task t) {
     work_cv_.notify_one();
 }
 
+void node_impl::post_ordered(const std::shared_ptr<strand>& s, task t) {
+    {
+        std::lock_guard lk(s->mu);
+        s->q.push_back(std::move(t));
+        if (s->scheduled) return;
+        s->scheduled = true;
+    }
+    post_task([s] {
+        for (;;) {
+            task next;
+            {
+                std::lock_guard lk(s->mu);
+                if (s->q.empty()) {
+                    s->scheduled = false;
+                    return;
+                }
+                next = std::move(s->q.front());
+                s->q.pop_front();
+            }
+            next(); // delivery tasks catch their own exceptions
+        }
+    });
+}
+
 void node_impl::worker_main() {
     for (;;) {
         task t;

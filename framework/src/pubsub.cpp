@@ -168,11 +168,11 @@ void node_impl::handle_sub() {
         if (gap) log.write(log_level::debug, "events lost", kv("topic", topic) + kv("missing", gap));
 
         std::shared_ptr<event> ev;
-        std::vector<std::pair<event_handler, execution>> targets;
+        std::vector<std::tuple<event_handler, execution, std::shared_ptr<strand>>> targets;
         {
             std::lock_guard lk(subs_mu_);
             for (auto& [id, s] : subscribers_)
-                if (topic.substr(0, s.prefix.size()) == s.prefix) targets.emplace_back(s.fn, s.exec);
+                if (topic.substr(0, s.prefix.size()) == s.prefix) targets.emplace_back(s.fn, s.exec, s.order);
         }
         if (targets.empty()) continue;
         ev = std::make_shared<event>();
@@ -181,7 +181,7 @@ void node_impl::handle_sub() {
         ev->seq = v.seq;
         ev->source.assign(v.source);
         for (auto& [k, val] : v.headers) ev->headers.append(k, val);
-        for (auto& [fn, exec] : targets) {
+        for (auto& [fn, exec, order] : targets) {
             auto deliver = [this, fn = std::move(fn), ev] {
                 context ctx;
                 ctx.headers = ev->headers;
@@ -221,7 +221,7 @@ void node_impl::handle_sub() {
             if (exec == execution::inline_loop)
                 deliver();
             else
-                post_task(std::move(deliver));
+                post_ordered(order, std::move(deliver));
         }
     }
 }

@@ -121,11 +121,20 @@ struct topic_counters {
     std::uint64_t published = 0, dropped = 0, received = 0, gaps = 0;
 };
 
+// Runs tasks one at a time, in order, on the worker pool: a subscription's events
+// reach its handler in the order they arrived, without holding the I/O thread.
+struct strand {
+    std::mutex mu;
+    std::deque<task> q;
+    bool scheduled = false;
+};
+
 struct subscriber_entry {
     std::uint64_t id;
     std::string prefix;
     event_handler fn;
     execution exec;
+    std::shared_ptr<strand> order = std::make_shared<strand>();
 };
 
 struct peer_state {
@@ -215,6 +224,7 @@ private:
     clock::time_point deadline_for(const call_options& opts) const;
     std::shared_ptr<channel> my_channel();
     void post_task(task t);
+    void post_ordered(const std::shared_ptr<strand>& s, task t);
     void worker_main();
     void install_system_service();
 

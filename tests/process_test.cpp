@@ -1,0 +1,655 @@
+// [process]: plexus-node and the plexus CLI as real processes, as a user or a script
+// drives them. Every child is waited for with a bound and killed when the bound
+// passes; none outlives its test (and PR_SET_PDEATHSIG kills it if this process dies).
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+using ms = std::chrono::milliseconds;
+using steady = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+const std::string node_exe = PLEXUS_NODE_EXE;
+const std::string cli_exe = PLEXUS_CLI_EXE;
+
+// --- processes ------------------------------------------------------------------------
+
+using env_list = std::vector<std::pair<std::string, std::string>>;
+
+// A child process with its stdout (and stderr, unless sent to a file) on pipes that
+// the waiting functions drain, so a chatty child never blocks on a full pipe.
+class child {
+public:
+    struct options {
+        env_list env;                       // added to this process' environment, minus its PLEXUS_* variables
+        std::optional<std::string> stdin_data; // default: /dev/null
+        std::string stderr_file;            // default: a pipe
+    };
+
+    child(const std::vector<std::string>& argv, const options& opt) {
+        int out[2], err[2] = {-1, -1}, in[2] = {-1, -1};
+        REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+        if (opt.stderr_file.empty()) REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+        if (opt.stdin_data) REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+
+        // Everything the child needs is built before fork: after it, only async-signal-safe calls.
+        std::vector<std::string> env_strings;
+        for (char** e = environ; *e; ++e)
+            if (std::strncmp(*e, "PLEXUS_", 7) != 0) env_strings.emplace_back(*e);
+        for (const auto& [k, v] : opt.env) env_strings.push_back(k + "=" + v);
+        std::vector<char*> envp, args;
+        for (auto& s : env_strings) envp.push_back(s.data());
+        envp.push_back(nullptr);
+        std::vector<std::string> argv_copy = argv;
+        for (auto& s : argv_copy) args.push_back(s.data());
+        args.push_back(nullptr);
+        const pid_t parent = ::getpid();
+
+        pid_ = ::fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (::getppid() != parent) ::_exit(127);
+            int null_fd = ::open("/dev/null", O_RDONLY);
+            ::dup2(opt.stdin_data ? in[0] : null_fd, 0);
+            ::dup2(out[1], 1);
+            if (opt.stderr_file.empty()) {
+                ::dup2(err[1], 2);
+            } else {
+                int f = ::open(opt.stderr_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+                ::dup2(f, 2);
+            }
+            ::execve(args[0], args.data(), envp.data());
+            ::_exit(127);
+        }
+        ::close(out[1]);
+        out_fd_ = out[0];
+        if (err[1] >= 0) {
+            ::close(err[1]);
+            err_fd_ = err[0];
+        }
+        if (opt.stdin_data) {
+            ::close(in[0]);
+            // Small inputs only: they fit in the pipe buffer, so this cannot block.
+            const auto& d = *opt.stdin_data;
+            REQUIRE(d.size() < 60000);
+            REQUIRE(::write(in[1], d.data(), d.size()) == static_cast<ssize_t>(d.size()));
+            ::close(in[1]);
+        }
+    }
+    child(const child&) = delete;
+    child& operator=(const child&) = delete;
+
+    ~child() {
+        if (running()) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+        if (out_fd_ >= 0) ::close(out_fd_);
+        if (err_fd_ >= 0) ::close(err_fd_);
+    }
+
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] bool running() const { return !status_; }
+    void signal(int sig) const {
+        if (!status_) ::kill(pid_, sig);
+    }
+
+    // Waits for the exit (and the end of its output) within `bound`. Returns the exit
+    // code (128 + signal when killed by one), or nullopt after killing it when the
+    // bound passed.
+    std::optional<int> wait(ms bound) {
+        const auto deadline = steady::now() + bound;
+        for (;;) {
+            reap();
+            if (status_) {
+                // Exited: drain what is left in the pipes (EOF follows at once).
+                while ((out_fd_ >= 0 || err_fd_ >= 0) && steady::now() < deadline) pump(50);
+                return code();
+            }
+            const auto left = std::chrono::duration_cast<ms>(deadline - steady::now());
+            if (left.count() <= 0) break;
+            // Short slices: the exit itself is noticed by waitpid, not by poll.
+            pump(std::min<long>(left.count(), 10));
+        }
+        ::kill(pid_, SIGKILL);
+        int st = 0;
+        ::waitpid(pid_, &st, 0);
+        status_ = st;
+        return std::nullopt;
+    }
+
+    [[nodiscard]] bool exited() {
+        reap();
+        return status_.has_value();
+    }
+
+    // Waits within `bound` for a stdout line (not seen by an earlier call) for which
+    // `pred` holds; returns it.
+    std::optional<std::string> wait_line(const std::function<bool(const std::string&)>& pred, ms bound) {
+        const auto deadline = steady::now() + bound;
+        for (;;) {
+            std::size_t nl;
+            while ((nl = out.find('\n', line_pos_)) != std::string::npos) {
+                std::string line = out.substr(line_pos_, nl - line_pos_);
+                line_pos_ = nl + 1;
+                if (pred(line)) return line;
+            }
+            const auto left = std::chrono::duration_cast<ms>(deadline - steady::now());
+            if (left.count() <= 0 || (out_fd_ < 0 && status_)) return std::nullopt;
+            pump(std::min<long>(left.count(), 50));
+            reap();
+        }
+    }
+
+    std::string out, err;
+
+private:
+    void reap() {
+        if (status_) return;
+        int st = 0;
+        if (::waitpid(pid_, &st, WNOHANG) == pid_) status_ = st;
+    }
+    [[nodiscard]] int code() const {
+        return WIFEXITED(*status_) ? WEXITSTATUS(*status_) : 128 + WTERMSIG(*status_);
+    }
+    void pump(long timeout_ms) {
+        pollfd fds[2];
+        int n = 0;
+        if (out_fd_ >= 0) fds[n++] = {out_fd_, POLLIN, 0};
+        if (err_fd_ >= 0) fds[n++] = {err_fd_, POLLIN, 0};
+        if (n == 0) {
+            if (timeout_ms > 0) std::this_thread::sleep_for(ms(std::min<long>(timeout_ms, 10)));
+            return;
+        }
+        if (::poll(fds, static_cast<nfds_t>(n), static_cast<int>(timeout_ms)) <= 0) return;
+        for (int i = 0; i < n; ++i) {
+            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            char buf[4096];
+            const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+            int& fd = fds[i].fd == out_fd_ ? out_fd_ : err_fd_;
+            std::string& sink = fds[i].fd == out_fd_ ? out : err;
+            if (got > 0) {
+                sink.append(buf, static_cast<std::size_t>(got));
+            } else if (got == 0 || errno != EINTR) {
+                ::close(fd);
+                fd = -1;
+            }
+        }
+    }
+
+    pid_t pid_ = -1;
+    int out_fd_ = -1, err_fd_ = -1;
+    std::optional<int> status_;
+    std::size_t line_pos_ = 0;
+};
+
+struct result {
+    int code = -1;
+    std::string out, err;
+    ms elapsed{0};
+
+    [[nodiscard]] json out_json() const {
+        INFO("stdout: " << out << "\nstderr: " << err);
+        REQUIRE(json::accept(out));
+        return json::parse(out);
+    }
+    [[nodiscard]] std::vector<std::string> err_lines() const {
+        std::vector<std::string> lines;
+        std::istringstream in(err);
+        for (std::string l; std::getline(in, l);) lines.push_back(l);
+        return lines;
+    }
+};
+
+// Runs the CLI to completion; a hang fails the test after `bound`.
+result plexus_cli(std::vector<std::string> args, ms bound = 10s, std::optional<std::string> stdin_data = {}) {
+    args.insert(args.begin(), cli_exe);
+    const auto t0 = steady::now();
+    child c(args, {.env = {}, .stdin_data = std::move(stdin_data), .stderr_file = {}});
+    auto code = c.wait(bound);
+    result r;
+    r.elapsed = std::chrono::duration_cast<ms>(steady::now() - t0);
+    r.out = c.out;
+    r.err = c.err;
+    std::string cmd;
+    for (const auto& a : args) cmd += a + ' ';
+    INFO("command: " << cmd << "\nstdout: " << r.out << "\nstderr: " << r.err);
+    REQUIRE(code.has_value()); // else: hung, killed
+    r.code = *code;
+    return r;
+}
+
+// --- files ---------------------------------------------------------------------------------
+
+class temp_dir {
+public:
+    temp_dir() {
+        std::string tmpl = (fs::temp_directory_path() / "plexus-process-XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        path_ = tmpl;
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        fs::remove_all(path_, ec);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    [[nodiscard]] std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+private:
+    fs::path path_;
+};
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// --- a plexus-node under test ---------------------------------------------------------------
+
+class node_process {
+public:
+    node_process(const temp_dir& dir, const std::string& name, std::vector<std::string> extra = {}, env_list env = {},
+                 bool with_name = true)
+        : ready_path_(dir.file(name + ".ready")), log_path_(dir.file(name + ".log")) {
+        std::vector<std::string> argv{node_exe, "--ready-file", ready_path_};
+        if (with_name) argv.insert(argv.end(), {"--name", name});
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        proc_.emplace(argv, child::options{.env = std::move(env), .stdin_data = {}, .stderr_file = log_path_});
+        // The ready file appears (renamed into place, so complete) once the node serves.
+        const auto deadline = steady::now() + 10s;
+        bool exited = false;
+        // Polling a file: there is no event to wait on. Bounded, and the child's exit ends it.
+        while (!fs::exists(ready_path_) && !(exited = proc_->exited()) && steady::now() < deadline)
+            std::this_thread::sleep_for(10ms);
+        INFO("node log:\n" << log());
+        REQUIRE_FALSE(exited); // it must not exit before it is ready
+        REQUIRE(fs::exists(ready_path_));
+        const std::string text = read_file(ready_path_);
+        INFO("ready file: " << text);
+        REQUIRE(json::accept(text));
+        ready = json::parse(text);
+        REQUIRE(ready["rpc"].is_array());
+        REQUIRE(!ready["rpc"].empty());
+        rpc = ready["rpc"][0].get<std::string>();
+        if (!ready["pub"].empty()) pub = ready["pub"][0].get<std::string>();
+    }
+
+    [[nodiscard]] std::string log() const { return read_file(log_path_); }
+    [[nodiscard]] const std::string& ready_path() const { return ready_path_; }
+    child& proc() { return *proc_; }
+
+    // Signals the node and waits (bounded) for its exit code.
+    std::optional<int> stop(int sig = SIGTERM, ms bound = 5s) {
+        proc_->signal(sig);
+        return proc_->wait(bound);
+    }
+
+    json ready;
+    std::string rpc, pub;
+
+private:
+    std::string ready_path_, log_path_;
+    std::optional<child> proc_;
+};
+
+std::optional<int> exit_of(const std::vector<std::string>& node_args, ms bound = 5s) {
+    std::vector<std::string> argv{node_exe};
+    argv.insert(argv.end(), node_args.begin(), node_args.end());
+    child c(argv, {});
+    return c.wait(bound);
+}
+
+bool has(const json& arr, const std::string& key, const std::string& value) {
+    return arr.is_array() && std::any_of(arr.begin(), arr.end(), [&](const json& e) {
+               return e.is_object() && e.contains(key) && e[key] == value;
+           });
+}
+
+} // namespace
+
+TEST_CASE("plexus-node writes its ready file and answers plexus ping, describe and stats", "[process]") {
+    temp_dir dir;
+    node_process n(dir, "alpha", {"--echo"});
+    INFO("node log:\n" << n.log());
+    CHECK(n.rpc.rfind("tcp://127.0.0.1:", 0) == 0);
+    CHECK(n.rpc.find('*') == std::string::npos);
+    CHECK(n.pub.rfind("tcp://127.0.0.1:", 0) == 0);
+
+    auto ping = plexus_cli({"ping", n.rpc});
+    REQUIRE(ping.code == 0);
+    auto p = ping.out_json();
+    CHECK(p["node"] == "alpha");
+    CHECK(p["id"] == n.ready["id"]);
+    CHECK(p["id"].get<std::string>().size() == 32);
+    CHECK(p["rtt_us"].is_number_integer());
+    CHECK(p["uptime_ms"].is_number_integer());
+
+    auto describe = plexus_cli({"describe", n.rpc});
+    REQUIRE(describe.code == 0);
+    auto d = describe.out_json();
+    CHECK(d["node"] == "alpha");
+    CHECK(d["protocol"] == 1);
+    CHECK(d["endpoints"]["rpc"] == n.ready["rpc"]);
+    CHECK(d["endpoints"]["pub"] == n.ready["pub"]);
+    REQUIRE(has(d["services"], "name", "echo"));
+    for (const auto& s : d["services"])
+        if (s["name"] == "echo")
+            for (std::string m : {"echo", "inline_echo", "sleep", "fail", "headers"}) {
+                INFO("method " << m);
+                CHECK(has(s["methods"], "name", m));
+            }
+    CHECK(has(d["topics"], "name", "plexus.heartbeat"));
+
+    auto stats = plexus_cli({"stats", n.rpc, "--compact"});
+    REQUIRE(stats.code == 0);
+    CHECK(std::count(stats.out.begin(), stats.out.end(), '\n') == 1);
+    auto st = stats.out_json();
+    CHECK(st["node"] == "alpha");
+    CHECK(st["methods"].is_array());
+
+    const std::string log = n.log();
+    CHECK(log.find("level=info node=alpha msg=started") != std::string::npos);
+    CHECK(log.find("rpc=" + n.rpc) != std::string::npos);
+    CHECK(n.stop() == 0);
+}
+
+TEST_CASE("plexus call: JSON bodies, headers, stdin, errors as exit codes and one line", "[process]") {
+    temp_dir dir;
+    node_process n(dir, "calls", {"--echo"});
+    INFO("node log:\n" << n.log());
+
+    const json body = {{"a", 1}, {"b", {true, nullptr, "x"}}, {"c", 1.5}, {"d", -7}, {"e", {{"nested", "map"}}}};
+    for (std::string method : {"echo.echo", "echo.inline_echo"}) {
+        auto r = plexus_cli({"call", n.rpc, method, body.dump()});
+        REQUIRE(r.code == 0);
+        CHECK(r.out_json() == body);
+        CHECK(r.err.empty());
+    }
+
+    auto h = plexus_cli({"call", n.rpc, "echo.headers", "-H", "user-id=42", "-H", "trace=a=b", "--compact"});
+    REQUIRE(h.code == 0);
+    // The node may add headers of its own (tracing): the ones sent must be there as sent.
+    const json got = h.out_json();
+    CHECK(got["user-id"] == "42");
+    CHECK(got["trace"] == "a=b");
+
+    auto in = plexus_cli({"call", n.rpc, "echo.echo", "-"}, 10s, std::string(R"({"from":"stdin"})"));
+    REQUIRE(in.code == 0);
+    CHECK(in.out_json() == json{{"from", "stdin"}});
+
+    auto none = plexus_cli({"call", n.rpc, "echo.echo"});
+    REQUIRE(none.code == 0);
+    CHECK(none.out_json().is_null());
+
+    auto slept = plexus_cli({"call", n.rpc, "echo.sleep", R"({"ms":1})"});
+    REQUIRE(slept.code == 0);
+    CHECK(slept.out_json() == json{{"slept", 1}});
+
+    SECTION("unknown method and service: 64 + NOT_FOUND, one line on stderr") {
+        for (std::string target : {"echo.nope", "nosuch.method"}) {
+            auto r = plexus_cli({"call", n.rpc, target, "{}"});
+            INFO(r.err);
+            CHECK(r.code == 69);
+            CHECK(r.out.empty());
+            REQUIRE(r.err_lines().size() == 1);
+            CHECK(r.err.rfind("plexus: NOT_FOUND: ", 0) == 0);
+        }
+    }
+    SECTION("a handler that throws: 64 + INTERNAL with its message; the node keeps serving") {
+        auto r = plexus_cli({"call", n.rpc, "echo.fail"});
+        CHECK(r.code == 77);
+        REQUIRE(r.err_lines().size() == 1);
+        CHECK(r.err.rfind("plexus: INTERNAL: ", 0) == 0);
+        CHECK(r.err.find("boom") != std::string::npos);
+        CHECK(plexus_cli({"ping", n.rpc}).code == 0);
+    }
+    SECTION("a reply later than --timeout: 64 + DEADLINE_EXCEEDED, returned about at the deadline") {
+        auto r = plexus_cli({"call", n.rpc, "echo.sleep", R"({"ms":2000})", "--timeout", "200"}, 1500ms);
+        CHECK(r.code == 68);
+        REQUIRE(r.err_lines().size() == 1);
+        CHECK(r.err.rfind("plexus: DEADLINE_EXCEEDED: ", 0) == 0);
+    }
+    SECTION("plexus pub on a node without --allow-publish: 64 + PERMISSION_DENIED") {
+        auto r = plexus_cli({"pub", n.rpc, "t", "1"});
+        CHECK(r.code == 71);
+        CHECK(r.err_lines().size() == 1);
+    }
+    SECTION("usage errors exit 2 with one line") {
+        const std::vector<std::vector<std::string>> bad{
+            {"call", n.rpc, "echo.echo", R"({"a":)"}, // bad JSON
+            {"call", n.rpc, "echo.echo", "hello"},    // not JSON either
+            {"call", "echo.echo", "{}"},              // no endpoint (no discovery yet)
+            {"call", n.rpc, "echoecho", "{}"},        // no method
+            {"call", n.rpc, "echo.echo", "{}", "-H", "novalue"},
+            {"call", n.rpc, "echo.echo", "{}", "extra"},
+            {"call", n.rpc, "echo.echo", "--timeout", "soon"},
+            {"call", n.rpc, "echo.echo", "--bogus"},
+            {"frobnicate", n.rpc},
+            {},
+        };
+        for (const auto& args : bad) {
+            auto r = plexus_cli(args);
+            CHECK(r.code == 2);
+            CHECK(r.out.empty());
+            CHECK(r.err_lines().size() == 1);
+        }
+        auto bad_stdin = plexus_cli({"call", n.rpc, "echo.echo", "-"}, 10s, std::string("{nope"));
+        CHECK(bad_stdin.code == 2);
+        CHECK(bad_stdin.err.find("stdin") != std::string::npos);
+    }
+    CHECK(n.stop() == 0);
+}
+
+TEST_CASE("plexus call to an endpoint where nothing listens fails by its deadline", "[process]") {
+    // Port 1 on loopback: nothing listens there and nothing leaves the machine.
+    auto r = plexus_cli({"call", "tcp://127.0.0.1:1", "echo.echo", "{}", "--timeout", "300"}, 5s);
+    INFO(r.err);
+    CHECK((r.code == 68 || r.code == 78)); // DEADLINE_EXCEEDED or UNAVAILABLE
+    CHECK(r.err_lines().size() == 1);
+}
+
+TEST_CASE("plexus sub sees an event sent with plexus pub, headers included", "[process]") {
+    temp_dir dir;
+    node_process n(dir, "events", {"--allow-publish", "--heartbeat-interval", "100"});
+    INFO("node log:\n" << n.log());
+
+    child sub({cli_exe, "sub", n.rpc, "", "--timeout", "30000"}, {});
+    // Heartbeats arriving prove the subscription reached the publisher (no slow-joiner
+    // loss from here on).
+    auto hb = sub.wait_line([](const std::string& l) { return l.find("\"plexus.heartbeat\"") != std::string::npos; }, 10s);
+    INFO("sub stdout: " << sub.out << "\nsub stderr: " << sub.err);
+    REQUIRE(hb.has_value());
+    const json beat = json::parse(*hb);
+    CHECK(beat["body"]["name"] == "events");
+    CHECK(beat["source"] == n.ready["id"]);
+
+    auto pub = plexus_cli({"pub", n.rpc, "orders.created", R"({"order":7,"items":["a","b"]})", "-H", "user-id=42"});
+    REQUIRE(pub.code == 0);
+    CHECK(pub.out_json() == json{{"seq", 1}});
+
+    auto line = sub.wait_line([](const std::string& l) { return l.find("\"orders.created\"") != std::string::npos; }, 10s);
+    REQUIRE(line.has_value());
+    REQUIRE(json::accept(*line));
+    const json ev = json::parse(*line);
+    CHECK(ev["topic"] == "orders.created");
+    CHECK(ev["seq"] == 1);
+    CHECK(ev["source"] == n.ready["id"]);
+    CHECK(ev["headers"]["user-id"] == "42");
+    CHECK(ev["body"] == json{{"order", 7}, {"items", {"a", "b"}}});
+
+    sub.signal(SIGTERM);
+    CHECK(sub.wait(5s) == 0);
+
+    SECTION("--pub-endpoint subscribes to a publisher directly; --count ends it") {
+        auto r = plexus_cli({"sub", "--pub-endpoint", n.pub, "plexus.heartbeat", "--count", "2", "--timeout", "10000"});
+        REQUIRE(r.code == 0);
+        std::vector<json> lines;
+        std::istringstream in(r.out);
+        for (std::string l; std::getline(in, l);) lines.push_back(json::parse(l));
+        REQUIRE(lines.size() == 2);
+        CHECK(lines[0]["topic"] == "plexus.heartbeat");
+        CHECK(lines[1]["seq"].get<std::uint64_t>() == lines[0]["seq"].get<std::uint64_t>() + 1);
+    }
+    SECTION("--count not reached by --timeout: 64 + DEADLINE_EXCEEDED") {
+        auto r = plexus_cli({"sub", n.rpc, "nothing.here", "--count", "1", "--timeout", "300"});
+        CHECK(r.code == 68);
+        CHECK(r.out.empty());
+        CHECK(r.err_lines().size() == 1);
+    }
+    SECTION("without --count, the timeout ends it with 0") {
+        auto r = plexus_cli({"sub", n.rpc, "nothing.here", "--timeout", "300"});
+        CHECK(r.code == 0);
+        CHECK(r.out.empty());
+    }
+    CHECK(n.stop() == 0);
+}
+
+TEST_CASE("plexus-node options: command line over config file over environment", "[process]") {
+    temp_dir dir;
+    const std::string config = dir.file("node.ini");
+    {
+        std::ofstream(config) << "# a plexus-node config\nname = fromfile\nheartbeat-interval = 0\n";
+    }
+    auto name_of = [](node_process& n) {
+        auto r = plexus_cli({"describe", n.rpc});
+        REQUIRE(r.code == 0);
+        return r.out_json()["node"].get<std::string>();
+    };
+    const env_list env{{"PLEXUS_NAME", "fromenv"}};
+    {
+        node_process n(dir, "a", {"--config", config, "--name", "fromcli"}, env, false);
+        CHECK(name_of(n) == "fromcli");
+    }
+    {
+        node_process n(dir, "b", {"--config", config}, env, false);
+        CHECK(name_of(n) == "fromfile");
+    }
+    {
+        node_process n(dir, "c", {}, env, false);
+        CHECK(name_of(n) == "fromenv");
+    }
+    {
+        node_process n(dir, "d", {}, {{"PLEXUS_NAME", "fromenv"}, {"PLEXUS_CONFIG", config}}, false);
+        CHECK(name_of(n) == "fromfile");
+    }
+    {
+        // Lists from the environment are comma-separated; flags take 1/true.
+        node_process n(dir, "e", {}, {{"PLEXUS_BIND", "tcp://127.0.0.1:*, tcp://127.0.0.1:*"}, {"PLEXUS_ECHO", "1"}});
+        CHECK(n.ready["rpc"].size() == 2);
+        auto r = plexus_cli({"call", n.ready["rpc"][1].get<std::string>(), "echo.echo", "5"});
+        REQUIRE(r.code == 0);
+        CHECK(r.out_json() == 5);
+    }
+    {
+        // The command line's list replaces the config file's.
+        const std::string cfg2 = dir.file("two.ini");
+        std::ofstream(cfg2) << "bind = tcp://127.0.0.1:*\nbind = tcp://127.0.0.1:*\n";
+        node_process n(dir, "f", {"--config", cfg2, "--bind", "tcp://127.0.0.1:*"});
+        CHECK(n.ready["rpc"].size() == 1);
+    }
+    SECTION("bad options exit 2 before starting") {
+        CHECK(exit_of({"--bogus"}) == 2);
+        CHECK(exit_of({"--log-level", "loud"}) == 2);
+        CHECK(exit_of({"--workers", "0"}) == 2);
+        CHECK(exit_of({"--bind", "localhost:5"}) == 2);
+        CHECK(exit_of({"--config", dir.file("missing.ini")}) == 2);
+        const std::string bad = dir.file("bad.ini");
+        std::ofstream(bad) << "no-such-option = 1\n";
+        CHECK(exit_of({"--config", bad}) == 2);
+        CHECK(exit_of({"--help"}) == 0);
+    }
+    SECTION("an endpoint that cannot be bound: exit 1 with an error line") {
+        node_process a(dir, "taken");
+        child b({node_exe, "--name", "b", "--bind", a.rpc}, {});
+        CHECK(b.wait(5s) == 1);
+        INFO(b.err);
+        CHECK(b.err.find("level=error node=b msg=\"cannot start\"") != std::string::npos);
+    }
+}
+
+TEST_CASE("plexus-node stops cleanly on SIGTERM and SIGINT", "[process]") {
+    temp_dir dir;
+    for (int sig : {SIGTERM, SIGINT}) {
+        node_process n(dir, sig == SIGTERM ? "term" : "int");
+        INFO("signal " << sig << "\nnode log:\n" << n.log());
+        CHECK(n.stop(sig, 5s) == 0);
+        CHECK(!fs::exists(n.ready_path()));
+        CHECK(n.log().find("msg=stopped") != std::string::npos);
+    }
+    SECTION("with a call in progress") {
+        node_process n(dir, "busy", {"--echo", "--shutdown-timeout", "1000"});
+        child call({cli_exe, "call", n.rpc, "echo.sleep", R"({"ms":20000})", "--timeout", "8000"}, {});
+        // Wait until the node is running the handler.
+        const auto deadline = steady::now() + 10s;
+        for (bool busy = false; !busy;) {
+            REQUIRE(steady::now() < deadline);
+            auto st = plexus_cli({"stats", n.rpc});
+            REQUIRE(st.code == 0);
+            const json stats = st.out_json();
+            for (const auto& m : stats["methods"])
+                if (m["method"] == "sleep" && m["in_flight"].get<int>() > 0) busy = true;
+        }
+        CHECK(n.stop(SIGTERM, 5s) == 0);
+        // The stop ends the sleep early and the node flushes its reply before it exits
+        // ("replies queued at shutdown are flushed within the bound").
+        const auto code = call.wait(15s);
+        INFO("call stdout: " << call.out << "\ncall stderr: " << call.err);
+        REQUIRE(code.has_value());
+        CHECK(*code == 0);
+        if (*code == 0) {
+            REQUIRE(json::accept(call.out));
+            CHECK(json::parse(call.out)["slept"].get<std::uint64_t>() < 20000);
+        }
+    }
+}
+
+TEST_CASE("plexus-node --connect: B learns A's services through A's describe", "[process]") {
+    temp_dir dir;
+    node_process a(dir, "a", {"--echo"});
+    node_process b(dir, "b", {"--connect", a.rpc});
+    INFO("a log:\n" << a.log() << "\nb log:\n" << b.log());
+    // B's log says when A's describe answered; a log file has no event to wait on: poll it, bounded.
+    const std::string described = "msg=\"peer described\" peer=" + a.rpc + " services=1";
+    const auto deadline = steady::now() + 10s;
+    while (b.log().find(described) == std::string::npos && steady::now() < deadline) std::this_thread::sleep_for(20ms);
+    CHECK(b.log().find(described) != std::string::npos);
+
+    auto st = plexus_cli({"stats", a.rpc});
+    REQUIRE(st.code == 0);
+    const json stats = st.out_json();
+    bool asked = false;
+    for (const auto& m : stats["methods"])
+        if (m["service"] == "plexus" && m["method"] == "describe" && m["calls"].get<int>() >= 1) asked = true;
+    CHECK(asked);
+    CHECK(b.stop() == 0);
+    CHECK(a.stop() == 0);
+}
