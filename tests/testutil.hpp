@@ -8,6 +8,13 @@
 #include <string>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+
 #include <zmq.hpp>
 
 #include <plexus/envelope.hpp>
@@ -88,6 +95,37 @@ inline bool recv_within(zmq::socket_t& s, zmq::message_t& m, std::chrono::millis
     zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
     if (zmq::poll(&item, 1, limit) == 0) return false;
     return s.recv(m, zmq::recv_flags::dontwait).has_value();
+}
+
+// A UDP port free right now (bound to port 0 and read back), for a test's own
+// discovery port; with a cluster name of its own, tests never see each other.
+inline std::uint16_t free_udp_port() {
+    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    a.sin_port = 0;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
+inline std::string unique_cluster(const char* what) {
+    static std::atomic<int> n{0};
+    return std::string("t-") + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+}
+
+// Options for a node that finds its peers through discovery on this host.
+inline plexus::node_options discovering(std::string name, const std::string& cluster, std::uint16_t port) {
+    auto o = loopback(std::move(name));
+    plexus::discovery::beacon_options d;
+    d.cluster = cluster;
+    d.port = port;
+    d.interval = std::chrono::milliseconds(200);
+    o.discovery = d;
+    return o;
 }
 
 } // namespace testutil

@@ -76,29 +76,56 @@ std::string node_impl::encode_request(std::uint64_t id, std::string_view service
     return out;
 }
 
-std::optional<std::string> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why) {
+std::shared_ptr<endpoint_state> node_impl::state_of(const std::string& endpoint) {
+    std::lock_guard lk(routes_mu_);
+    auto& st = endpoint_states_[endpoint];
+    if (!st) st = std::make_shared<endpoint_state>();
+    return st;
+}
+
+std::optional<std::string> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why,
+                                              balance_policy policy) {
     std::unique_lock lk(routes_mu_);
     const std::string key(service);
     for (;;) {
         auto it = routes_.find(key);
         if (it != routes_.end() && !it->second.empty()) {
             auto& eps = it->second;
+            if (policy == balance_policy::least_in_flight && eps.size() > 1) {
+                // Power of two choices: two distinct random instances, the less busy wins.
+                thread_local std::minstd_rand rng{std::random_device{}()};
+                const auto a = rng() % eps.size();
+                auto b = rng() % (eps.size() - 1);
+                if (b >= a) ++b;
+                auto load = [&](const std::string& ep) {
+                    auto s = endpoint_states_.find(ep);
+                    return s == endpoint_states_.end() ? 0 : s->second->in_flight.load(std::memory_order_relaxed);
+                };
+                return load(eps[a]) <= load(eps[b]) ? eps[a] : eps[b];
+            }
             return eps[rr_.fetch_add(1, std::memory_order_relaxed) % eps.size()];
         }
         if (stopping_) {
             why = {code::cancelled, "node is stopping"};
             return std::nullopt;
         }
+        // Wait while an answer may still come: peers given by `connect` that have not
+        // described themselves yet, or discovery's first interval.
+        auto wait_until = deadline;
         if (peers_pending_ == 0) {
-            why = {code::unavailable, "no known instance of service '" + key + "'"};
-            return std::nullopt;
+            if (!agent_ || clock::now() >= discovery_warm_until_) {
+                why = {code::unavailable, "no live instance of service '" + key + "'"};
+                return std::nullopt;
+            }
+            wait_until = std::min(deadline, discovery_warm_until_);
         }
-        // Some peers have not told us their services yet: wait for them, up to the deadline.
-        if (routes_cv_.wait_until(lk, deadline) == std::cv_status::timeout) {
+        if (routes_cv_.wait_until(lk, wait_until) == std::cv_status::timeout) {
             auto again = routes_.find(key);
             if (again != routes_.end() && !again->second.empty()) continue;
-            why = {code::unavailable, "no instance of service '" + key + "' found before the deadline (" +
-                                          std::to_string(peers_pending_) + " peer(s) not reachable yet)"};
+            if (wait_until < deadline) continue; // discovery's first interval is over: decide above
+            why = {code::unavailable, "no instance of service '" + key + "' found before the deadline" +
+                                          (peers_pending_ ? " (" + std::to_string(peers_pending_) + " peer(s) not reachable yet)"
+                                                          : std::string())};
             return std::nullopt;
         }
     }
@@ -147,7 +174,7 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     std::string endpoint = o.endpoint;
     if (endpoint.empty()) {
         status why;
-        auto ep = resolve(service, deadline, why);
+        auto ep = resolve(service, deadline, why, o.balance.value_or(opts.balance));
         if (!ep) return fail(why.code, why.message);
         endpoint = std::move(*ep);
     }
@@ -167,9 +194,17 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     std::unique_lock lk(ch->mu);
     if (ch->closed) return fail(code::cancelled, "node is stopping");
     ++calls_sent_;
+    const auto target = state_of(endpoint);
+    const auto gen = target->down_gen.load();
+    target->in_flight.fetch_add(1, std::memory_order_relaxed);
+    struct in_flight_guard {
+        endpoint_state& s;
+        ~in_flight_guard() { s.in_flight.fetch_sub(1, std::memory_order_relaxed); }
+    } guard{*target};
     try {
         auto it = ch->socks.find(endpoint);
         if (it == ch->socks.end()) {
+            commands_.push(watch_cmd{endpoint}); // the I/O thread watches the connection
             zmq::socket_t s(ctx_, zmq::socket_type::dealer);
             s.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(opts.max_message_size));
             s.set(zmq::sockopt::sndhwm, opts.send_hwm);
@@ -192,8 +227,15 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
         (void)s.send(zmq::buffer(env), zmq::send_flags::none);
         for (;;) {
             zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
-            const long wait = ms_until(deadline);
-            if (zmq::poll(&item, 1, std::chrono::milliseconds(wait)) == 0 && clock::now() >= deadline) {
+            // Wake up every slice to see whether the peer went away (endpoint_down).
+            const long wait = std::min(ms_until(deadline), 20L);
+            const int n = zmq::poll(&item, 1, std::chrono::milliseconds(wait));
+            if (n == 0 && target->down_gen.load() != gen) {
+                ch->socks.erase(it);
+                return fail(code::unavailable, "the instance at " + endpoint + " went away while " +
+                                                   std::string(service) + "." + std::string(method) + " was in flight");
+            }
+            if (n == 0 && clock::now() >= deadline) {
                 // Close the socket (linger 0): a request still queued for a peer that never
                 // connected must not reach it later, and a late reply is not wanted either.
                 ch->socks.erase(it);
@@ -275,11 +317,14 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     if (endpoint.empty()) {
         // Resolution must not block the caller (it may be the I/O thread): known now, or unavailable.
         status why;
-        auto ep = tl_io_owner == this ? resolve(service, clock::now(), why) : resolve(service, call->deadline, why);
+        const auto policy = o.balance.value_or(opts.balance);
+        auto ep = tl_io_owner == this ? resolve(service, clock::now(), why, policy)
+                                      : resolve(service, call->deadline, why, policy);
         if (!ep) return finish_now(why.code, why.message);
         endpoint = std::move(*ep);
     }
     call->endpoint = endpoint;
+    call->target = state_of(endpoint);
     call->sent = outgoing_headers(o.headers);
     {
         call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
@@ -293,11 +338,13 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
                                                         " bytes exceeds the maximum message size of " +
                                                         std::to_string(opts.max_message_size));
     ++calls_sent_;
+    call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
     commands_.push(async_call_cmd{std::move(endpoint), std::move(env), std::move(call)});
 }
 
 void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     if (r.status.code != code::ok) ++call_errors_;
+    if (call->target) call->target->in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (call->ran > 0) {
         call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
@@ -469,12 +516,13 @@ void node_impl::on_describe_reply(const std::string& peer, const reply& r) {
             auto& eps = routes_[s];
             if (std::find(eps.begin(), eps.end(), peer) == eps.end()) eps.push_back(peer);
         }
-        if (!it->described) --peers_pending_;
+        if (!it->ever_described) --peers_pending_;
         routes_cv_.notify_all();
     }
     if (!it->described)
         log.write(log_level::info, "peer described", kv("peer", peer) + kv("services", services.size()));
     it->described = true;
+    it->ever_described = true;
     it->next_describe = now + std::chrono::seconds(5);
     for (auto& p : pubs) {
         auto ep = reachable(p, peer);

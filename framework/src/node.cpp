@@ -122,6 +122,12 @@ void node_impl::start() {
     workers_running_ = n;
     for (unsigned i = 0; i < n; ++i) workers_.emplace_back([self = shared_from_this()] { self->worker_main(); });
     running_ = true;
+    try {
+        start_discovery();
+    } catch (...) {
+        stop();
+        throw;
+    }
     std::string kvs;
     for (auto& e : rpc_endpoints) kvs += kv("rpc", e);
     for (auto& e : pub_endpoints_) kvs += kv("pub", e);
@@ -134,6 +140,7 @@ void node_impl::stop() {
         stopping_ = true;
         if (!was_running && !io_.joinable()) return;
         const auto deadline = clock::now() + opts.shutdown_timeout;
+        if (agent_) agent_->stop(); // leave beacon: peers drop us at once
         {
             std::lock_guard lk(pub_mu_);
             pub_space_.notify_all();
@@ -289,7 +296,7 @@ void node_impl::io_bind() {
         if (event_endpoints_.insert(ep).second) sub_->connect(ep);
     }
     for (auto& ep : opts.connect) {
-        peers_.push_back({ep, false, clock::now(), 0});
+        peers_.push_back({ep, false, false, clock::now(), 0});
         std::lock_guard lk(routes_mu_);
         ++peers_pending_;
     }
@@ -308,6 +315,8 @@ void node_impl::io_main(std::promise<void> ready) {
     std::vector<zmq::pollitem_t> items;
     std::vector<zmq::socket_t*> async_items;
     std::vector<const std::string*> async_names;
+    std::vector<zmq::socket_t*> mon_items;
+    std::vector<const std::string*> mon_names;
     clock::time_point stop_deadline{};
     for (;;) {
         const auto now = clock::now();
@@ -335,6 +344,14 @@ void node_impl::io_main(std::promise<void> ready) {
             items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
             async_items.push_back(&s);
             async_names.push_back(&ep);
+        }
+        const std::size_t mon_i = items.size();
+        mon_items.clear();
+        mon_names.clear();
+        for (auto& [ep, s] : monitors_) {
+            items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+            mon_items.push_back(&s);
+            mon_names.push_back(&ep);
         }
 
         long timeout = -1;
@@ -372,6 +389,8 @@ void node_impl::io_main(std::promise<void> ready) {
             handle_sub();
         for (std::size_t i = 0; i < async_items.size(); ++i)
             if (items[async_i + i].revents & ZMQ_POLLIN) handle_async_sock(*async_names[i], *async_items[i]);
+        for (std::size_t i = 0; i < mon_items.size(); ++i)
+            if (items[mon_i + i].revents & ZMQ_POLLIN) handle_monitor(*mon_names[i], *mon_items[i]);
         flush_publications();
     }
     drain_and_close();
@@ -406,6 +425,7 @@ void node_impl::drain_and_close() {
         }
     }
     sub_.reset();
+    monitors_.clear();
     async_socks_.clear();
 }
 
@@ -451,7 +471,18 @@ void node_impl::handle_commands() {
                             routes_cv_.notify_all();
                             return;
                         }
-                    peers_.push_back({cmd.endpoint, false, clock::now(), 0});
+                    peers_.push_back({cmd.endpoint, false, false, clock::now(), 0});
+                } else if constexpr (std::is_same_v<T, disconnect_events_cmd>) {
+                    if (sub_ && event_endpoints_.erase(cmd.endpoint)) {
+                        try {
+                            sub_->disconnect(cmd.endpoint);
+                        } catch (const zmq::error_t&) {
+                        }
+                    }
+                } else if constexpr (std::is_same_v<T, watch_cmd>) {
+                    if (!io_stopping_) watch(cmd.endpoint);
+                } else if constexpr (std::is_same_v<T, endpoint_down_cmd>) {
+                    endpoint_down(cmd.endpoint, cmd.why);
                 } else if constexpr (std::is_same_v<T, connect_events_cmd>) {
                     if (sub_ && event_endpoints_.insert(cmd.endpoint).second) {
                         try {
@@ -475,8 +506,70 @@ zmq::socket_t& node_impl::async_socket(const std::string& endpoint) {
     s.set(zmq::sockopt::sndhwm, opts.send_hwm);
     s.set(zmq::sockopt::rcvhwm, opts.recv_hwm);
     s.set(zmq::sockopt::linger, 0);
+    // Watch the connection: a peer that dies (its TCP connection breaks) is seen within
+    // milliseconds, and the calls in flight to it fail fast (endpoint_down).
+    const std::string mon_addr = "inproc://plexus-mon-" + std::to_string(uid) + "-" + std::to_string(next_monitor_++);
+    if (zmq_socket_monitor(s.handle(), mon_addr.c_str(), ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECTED) == 0) {
+        zmq::socket_t pair(ctx_, zmq::socket_type::pair);
+        pair.set(zmq::sockopt::linger, 0);
+        pair.connect(mon_addr);
+        monitors_.emplace(endpoint, std::move(pair));
+    }
     s.connect(endpoint);
     return async_socks_.emplace(endpoint, std::move(s)).first->second;
+}
+
+void node_impl::watch(const std::string& endpoint) {
+    try {
+        (void)async_socket(endpoint);
+    } catch (const zmq::error_t& e) {
+        log.write(log_level::warn, "cannot watch endpoint", kv("endpoint", endpoint) + kv("error", e.what()));
+    }
+}
+
+void node_impl::handle_monitor(const std::string& endpoint, zmq::socket_t& pair) {
+    for (int batch = 0; batch < 64; ++batch) {
+        zmq::message_t ev, addr;
+        if (!pair.recv(ev, zmq::recv_flags::dontwait)) return;
+        if (ev.more()) (void)pair.recv(addr);
+        if (ev.size() < 6) continue;
+        std::uint16_t id;
+        std::memcpy(&id, ev.data(), sizeof id);
+        if (id == ZMQ_EVENT_DISCONNECTED) endpoint_down(endpoint, "connection to " + endpoint + " lost");
+    }
+}
+
+void node_impl::endpoint_down(const std::string& endpoint, const std::string& why) {
+    std::optional<discovery::node_id> peer;
+    {
+        std::lock_guard lk(routes_mu_);
+        auto it = endpoint_states_.find(endpoint);
+        if (it != endpoint_states_.end()) {
+            it->second->down_gen.fetch_add(1);
+            peer = it->second->peer;
+        }
+        // A peer known through discovery comes back through discovery (a new
+        // incarnation); one given by `connect` through its next describe.
+        for (auto& [name, eps] : routes_) std::erase(eps, endpoint);
+        routes_cv_.notify_all();
+    }
+    for (auto& p : peers_)
+        if (p.endpoint == endpoint) {
+            p.described = false;
+            if (p.pending_id == 0) p.next_describe = clock::now() + std::chrono::milliseconds(100);
+        }
+    std::vector<std::shared_ptr<pending_call>> failed;
+    for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second->endpoint == endpoint && !it->second->on_io) {
+            failed.push_back(std::move(it->second));
+            it = pending_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    for (auto& c : failed) complete(c, reply{{code::unavailable, why + " while the call was in flight"}, {}});
+    if (peer && agent_) agent_->mark_dead(*peer);
+    log.write(log_level::info, "endpoint down", kv("endpoint", endpoint) + kv("why", why) + kv("failed_calls", failed.size()));
 }
 
 // ---------------------------------------------------------------- server side

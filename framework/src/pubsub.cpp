@@ -27,10 +27,26 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     for (auto& [k, v] : h) e.headers.emplace_back(k, v);
 
     const auto limit = static_cast<std::size_t>(std::max(1, opts.send_hwm));
+    // Declared before the lock so that it runs after the lock is released.
+    struct announce_after_unlock {
+        node_impl* self;
+        bool armed = false;
+        ~announce_after_unlock() {
+            if (armed) self->announce();
+        }
+    } announcer{this};
     std::unique_lock lk(pub_mu_);
     auto it = topics_.find(std::string(topic));
     if (it == topics_.end()) it = topics_.emplace(std::string(topic), topic_counters{}).first;
     auto& tc = it->second;
+    // A topic published for the first time is announced, so subscribers find us.
+    bool new_topic = false;
+    if (agent_ && tc.seq == 0 &&
+        std::find(announced_topics_.begin(), announced_topics_.end(), topic) == announced_topics_.end()) {
+        announced_topics_.emplace_back(topic);
+        new_topic = true;
+    }
+    announcer.armed = new_topic;
     if (pub_queued_ >= limit) {
         // The I/O thread cannot wait for itself: it drops.
         if (opts.publish_overflow == overflow::drop || tl_io_owner == this) {
@@ -108,7 +124,8 @@ std::uint64_t node_impl::subscribe(std::string prefix, event_handler fn, executi
         std::lock_guard lk(subs_mu_);
         subscribers_.emplace(id, subscriber_entry{id, prefix, std::move(fn), exec});
     }
-    commands_.push(subscribe_cmd{id, std::move(prefix), true});
+    commands_.push(subscribe_cmd{id, prefix, true});
+    connect_matching_publishers(prefix);
     return id;
 }
 

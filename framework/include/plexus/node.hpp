@@ -32,6 +32,7 @@
 #include <vector>
 
 #include <plexus/codec.hpp>
+#include <plexus/discovery/agent.hpp>
 #include <plexus/context.hpp>
 #include <plexus/error.hpp>
 #include <plexus/headers.hpp>
@@ -72,6 +73,12 @@ enum class overflow : std::uint8_t {
 };
 
 enum class log_level : std::uint8_t { trace, debug, info, warn, error, off };
+
+// How a call picks one of the live instances of a service.
+enum class balance_policy : std::uint8_t {
+    round_robin,     // in turn
+    least_in_flight, // power of two choices: of two random instances, the one with fewer calls in flight
+};
 
 // What context headers travel where (docs/PROTOCOL.md, "Context headers").
 struct header_policy {
@@ -116,6 +123,13 @@ struct node_options {
     // High-water marks (messages) of every socket.
     int send_hwm = 10000;
     int recv_hwm = 10000;
+    // Discovery: when set, the node announces its endpoints, services and topics with
+    // UDP beacons (plexus::discovery::agent) and resolves services by name through the
+    // peers it sees; `name`, `id` and `announce` are filled in by the node. Unset: peers
+    // come from `connect` only. Tests must give each their own port and cluster.
+    std::optional<discovery::beacon_options> discovery{};
+    // Default instance choice of calls by name (call_options may override it).
+    balance_policy balance = balance_policy::round_robin;
     // Context header propagation rules.
     header_policy propagation{};
     // Interceptors after the built-in ones, in this order (see interceptor.hpp).
@@ -147,6 +161,8 @@ struct call_options {
     plexus::headers headers{};
     // Send to this RPC endpoint instead of resolving the service by name.
     std::string endpoint{};
+    // Instance choice for this call; unset: node_options::balance.
+    std::optional<balance_policy> balance{};
 };
 
 struct reply {
@@ -189,6 +205,8 @@ using event_handler = std::function<void(const event&)>;
 class service_builder {
 public:
     service_builder& doc(std::string text);
+    // Version announced with the service through discovery (free text, e.g. "1.4.2").
+    service_builder& version(std::string v);
 
     // Handler over raw bytes: returns the reply body. Throwing plexus::error replies
     // with its code and message; any other exception replies `internal`.
@@ -308,6 +326,17 @@ public:
     void connect(std::string endpoint);
     // Subscribes the event socket to a publisher's endpoint directly.
     void connect_events(std::string endpoint);
+
+    // --- discovery (node_options::discovery) ---
+    // The peers seen now; empty without discovery.
+    [[nodiscard]] std::vector<discovery::peer> peers() const;
+    // Join, update and leave events of peers. Runs on the discovery thread: be quick and
+    // do not call blocking node functions from it. Registered before start(), it sees
+    // every event. Returns a token for remove_peer_handler().
+    std::uint64_t on_peer_event(std::function<void(const discovery::event&)> fn);
+    void remove_peer_handler(std::uint64_t token);
+    // The UDP port discovery listens on (resolved when it was 0); 0 without discovery.
+    [[nodiscard]] std::uint16_t discovery_port() const noexcept;
 
     // --- request-response ---
     // Non-throwing: every failure is in reply::status (deadline_exceeded, unavailable, ...).

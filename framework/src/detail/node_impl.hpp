@@ -77,6 +77,15 @@ struct outgoing_reply {
     std::string envelope;
 };
 
+// What a node knows of one peer RPC endpoint; shared by every thread calling it.
+struct endpoint_state {
+    // Bumped when the peer is seen to go away: sync calls in flight to it notice and
+    // fail fast instead of waiting for their deadline.
+    std::atomic<std::uint64_t> down_gen{0};
+    std::atomic<int> in_flight{0}; // for balance_policy::least_in_flight
+    std::optional<discovery::node_id> peer; // under routes_mu_
+};
+
 struct pending_call {
     std::uint64_t id = 0;
     // for the interceptors' after_call
@@ -90,6 +99,7 @@ struct pending_call {
     std::function<void(reply)> callback;   // run on a worker
     std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
     std::shared_ptr<context> ctx; // current for the callback
+    std::shared_ptr<endpoint_state> target;
 };
 
 struct async_call_cmd {
@@ -108,8 +118,21 @@ struct connect_peer_cmd {
 struct connect_events_cmd {
     std::string endpoint;
 };
+struct disconnect_events_cmd {
+    std::string endpoint;
+};
+// Open a monitored connection to an endpoint that synchronous calls use, so that its
+// loss is seen (ZMQ_EVENT_DISCONNECTED) while calls are in flight.
+struct watch_cmd {
+    std::string endpoint;
+};
+struct endpoint_down_cmd {
+    std::string endpoint;
+    std::string why;
+};
 struct stop_cmd {};
-using command = std::variant<async_call_cmd, subscribe_cmd, connect_peer_cmd, connect_events_cmd, stop_cmd>;
+using command = std::variant<async_call_cmd, subscribe_cmd, connect_peer_cmd, connect_events_cmd,
+                             disconnect_events_cmd, watch_cmd, endpoint_down_cmd, stop_cmd>;
 
 struct pub_item {
     std::string topic;
@@ -139,7 +162,8 @@ struct subscriber_entry {
 
 struct peer_state {
     std::string endpoint;
-    bool described = false;
+    bool described = false;      // its services are in routes_ now
+    bool ever_described = false; // counted out of peers_pending_
     clock::time_point next_describe;
     std::uint64_t pending_id = 0;
 };
@@ -183,6 +207,13 @@ public:
     node_stats stats() const;
     std::string metrics_text() const;
 
+    // --- discovery ---
+    std::vector<discovery::peer> peers() const;
+    std::uint64_t add_peer_handler(std::function<void(const discovery::event&)> fn);
+    void remove_peer_handler(std::uint64_t token);
+    std::uint16_t discovery_port() const noexcept;
+    void set_service_version(const std::string& service, std::string v);
+
     const node_options opts;
     const std::string node_id;  // 16 random bytes
     const std::uint64_t uid;    // distinguishes node instances in thread-local caches
@@ -209,13 +240,23 @@ private:
     void complete(std::shared_ptr<pending_call> call, reply r);
     void on_describe_reply(const std::string& peer, const reply& r);
     void drain_and_close();
+    void endpoint_down(const std::string& endpoint, const std::string& why);
+    void watch(const std::string& endpoint);
+    void handle_monitor(const std::string& endpoint, zmq::socket_t& pair);
+    // discovery
+    void start_discovery();
+    void on_discovery_event(const discovery::event& e); // discovery thread
+    void announce();                                    // re-announce services and topics
+    void connect_matching_publishers(const std::string& prefix);
 
     // any thread
     std::string run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
                             std::string& error);
     std::string encode_reply(std::uint64_t id, code c, std::string_view error, std::string_view body);
     method_entry* find_method(std::string_view service, std::string_view method) const;
-    std::optional<std::string> resolve(std::string_view service, clock::time_point deadline, status& why);
+    std::optional<std::string> resolve(std::string_view service, clock::time_point deadline, status& why,
+                                       balance_policy policy);
+    std::shared_ptr<endpoint_state> state_of(const std::string& endpoint); // locks routes_mu_
     std::string encode_request(std::uint64_t id, std::string_view service, std::string_view method,
                                std::string_view body, const headers& h, clock::time_point deadline);
     // The current context's headers that travel on (hop-by-hop ones left behind),
@@ -294,6 +335,21 @@ private:
     bool work_stop_ = false;
     std::vector<std::thread> workers_;
     std::atomic<unsigned> workers_running_{0};
+
+    // monitored connections (io thread): endpoint -> PAIR receiving its socket's events
+    std::map<std::string, zmq::socket_t> monitors_;
+    std::uint64_t next_monitor_ = 0;
+
+    // discovery
+    std::unique_ptr<discovery::agent> agent_;
+    std::mutex peer_handlers_mu_;
+    std::vector<std::pair<std::uint64_t, std::function<void(const discovery::event&)>>> early_peer_handlers_;
+    std::uint64_t next_peer_handler_ = std::uint64_t{1} << 63; // apart from the agent's tokens
+    std::map<std::uint64_t, std::uint64_t> peer_token_map_;
+    std::unordered_map<std::string, std::shared_ptr<endpoint_state>> endpoint_states_; // under routes_mu_
+    clock::time_point discovery_warm_until_{};
+    std::map<std::string, std::string> service_versions_;
+    std::vector<std::string> announced_topics_; // under pub_mu_
 
     // interceptors: built-ins first, then node_options::interceptors
     std::shared_ptr<metrics_interceptor> metrics_;

@@ -1,0 +1,186 @@
+// Calls by service name through discovery: resolution, load balancing, failover,
+// subscriptions that follow publishers, peer events.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <mutex>
+
+#include "testutil.hpp"
+
+using namespace std::chrono_literals;
+using namespace testutil;
+
+namespace {
+
+// An "accounts" instance that answers with its own name.
+std::unique_ptr<plexus::node> accounts(const std::string& name, const std::string& cluster, std::uint16_t port) {
+    auto n = std::make_unique<plexus::node>(discovering(name, cluster, port));
+    n->serve("accounts").version("1.0").raw_method("who", [name](plexus::request&) { return name; });
+    n->serve("accounts").raw_method("slow", [name](plexus::request& r) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(plexus::unpack<int>(r.body)));
+        return name;
+    });
+    n->start();
+    return n;
+}
+
+} // namespace
+
+TEST_CASE("calls by name spread over every live instance; a stopped one leaves at once", "[discovery][naming]") {
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("rr");
+    auto a1 = accounts("acc-1", cluster, port);
+    auto a2 = accounts("acc-2", cluster, port);
+
+    std::mutex mu;
+    std::vector<std::string> joined, left;
+    signal joins, leaves;
+    plexus::node c(discovering("client", cluster, port));
+    c.on_peer_event([&](const plexus::discovery::event& e) {
+        std::lock_guard lk(mu);
+        if (e.kind == plexus::discovery::event_kind::join) {
+            joined.push_back(e.node.name);
+            joins.notify();
+        } else if (e.kind == plexus::discovery::event_kind::leave) {
+            left.push_back(e.node.name);
+            leaves.notify();
+        }
+    });
+    c.start();
+    REQUIRE(joins.wait_for_count(2));
+
+    std::map<std::string, int> hits;
+    for (int i = 0; i < 20; ++i) {
+        auto r = c.call_raw("accounts", "who", "");
+        REQUIRE(r.ok());
+        ++hits[r.body];
+    }
+    CHECK(hits["acc-1"] == 10);
+    CHECK(hits["acc-2"] == 10);
+
+    hits.clear();
+    for (int i = 0; i < 20; ++i) {
+        auto r = c.call_raw("accounts", "who", "", {.balance = plexus::balance_policy::least_in_flight});
+        REQUIRE(r.ok());
+        ++hits[r.body];
+    }
+    CHECK(hits["acc-1"] + hits["acc-2"] == 20);
+
+    // Peers and what they offer.
+    auto ps = c.peers();
+    REQUIRE(ps.size() == 2);
+    for (auto& p : ps) {
+        REQUIRE(p.find_service("accounts") != nullptr);
+        CHECK(p.find_service("accounts")->version == "1.0");
+        CHECK(p.endpoints.count("rpc") == 1);
+    }
+
+    // Graceful stop: a leave beacon, the table drops it at once, calls go to the other.
+    const auto t0 = std::chrono::steady_clock::now();
+    a1->stop();
+    REQUIRE(leaves.wait_for_count(1));
+    CHECK(std::chrono::steady_clock::now() - t0 < 500ms); // well under 3 intervals of 200 ms
+    {
+        std::lock_guard lk(mu);
+        CHECK(left == std::vector<std::string>{"acc-1"});
+    }
+    for (int i = 0; i < 5; ++i) {
+        auto r = c.call_raw("accounts", "who", "");
+        REQUIRE(r.ok());
+        CHECK(r.body == "acc-2");
+    }
+}
+
+TEST_CASE("a service with no live instance is UNAVAILABLE by the deadline", "[discovery][naming]") {
+    const auto port = free_udp_port();
+    plexus::node c(discovering("client", unique_cluster("none"), port));
+    c.start();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = c.call_raw("ghost", "m", "", {.timeout = 300ms});
+    CHECK(r.status.code == plexus::code::unavailable);
+    CHECK_THAT(r.status.message, Catch::Contains("ghost"));
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s); // hang guard
+}
+
+TEST_CASE("clusters on the same port do not see each other", "[discovery][naming]") {
+    const auto port = free_udp_port();
+    auto mine = accounts("mine", unique_cluster("iso-a"), port);
+    plexus::node other(discovering("other", unique_cluster("iso-b"), port));
+    other.start();
+    auto r = other.call_raw("accounts", "who", "", {.timeout = 600ms});
+    CHECK(r.status.code == plexus::code::unavailable);
+    CHECK(other.peers().empty());
+}
+
+TEST_CASE("a call in flight to an instance whose connection breaks fails fast", "[discovery][failover]") {
+    // In one process a crash is simulated by a raw ROUTER standing in for an instance
+    // and closed mid-call (the TCP connection breaks, as when a process is killed).
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("ff");
+    zmq::context_t zctx;
+    auto router = std::make_unique<zmq::socket_t>(zctx, zmq::socket_type::router);
+    router->set(zmq::sockopt::linger, 0);
+    const auto ep = bind_any(*router);
+
+    plexus::node c(discovering("client", cluster, port));
+    c.start();
+    std::promise<plexus::reply> sync_r;
+    std::thread caller([&] { sync_r.set_value(c.call_raw("svc", "m", "", {.timeout = 10s, .endpoint = ep})); });
+    auto async_f = c.call_async("svc", "m", "", {.timeout = 10s, .endpoint = ep});
+    int got = 0;
+    for (int i = 0; i < 2; ++i) {
+        zmq::message_t m;
+        if (!recv_within(*router, m)) break;
+        while (m.more()) (void)router->recv(m);
+        ++got;
+    }
+    REQUIRE(got == 2);
+    const auto t0 = std::chrono::steady_clock::now();
+    router.reset(); // the "instance" dies
+    auto fut = sync_r.get_future();
+    REQUIRE(fut.wait_for(3s) == std::future_status::ready);
+    REQUIRE(async_f.wait_for(3s) == std::future_status::ready);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    caller.join();
+    CHECK(fut.get().status.code == plexus::code::unavailable);
+    CHECK(async_f.get().status.code == plexus::code::unavailable);
+    CHECK(took < 2s); // far sooner than the 10 s deadline
+}
+
+TEST_CASE("subscribe by prefix reaches publishers present now and later, and drops those that leave", "[discovery][pubsub]") {
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("sub");
+    auto p1 = std::make_unique<plexus::node>(discovering("pub-1", cluster, port));
+    p1->declare_topic("drone.position", "where a drone is");
+    p1->start();
+
+    plexus::node s(discovering("watcher", cluster, port));
+    s.start();
+    std::mutex mu;
+    std::map<std::string, int> by_source;
+    signal seen;
+    auto sub = s.subscribe("drone.", [&](const plexus::event& e) {
+        std::lock_guard lk(mu);
+        ++by_source[e.body];
+        seen.notify();
+    });
+    auto pump = [&](plexus::node& p, const std::string& who) {
+        const int before = [&] {
+            std::lock_guard lk(mu);
+            return by_source[who];
+        }();
+        for (int i = 0; i < 300; ++i) {
+            p.publish_raw("drone.position", who);
+            std::this_thread::sleep_for(5ms);
+            std::lock_guard lk(mu);
+            if (by_source[who] > before) return true;
+        }
+        return false;
+    };
+    CHECK(pump(*p1, "pub-1"));
+
+    // A publisher that appears later, announcing its topic only when it first publishes.
+    plexus::node p2(discovering("pub-2", cluster, port));
+    p2.start();
+    CHECK(pump(p2, "pub-2"));
+}
