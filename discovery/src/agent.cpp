@@ -122,6 +122,7 @@ bool parse_ip_port(std::string_view s, sockaddr_in& out) noexcept {
 }
 
 // "host" or "host:port" from the options; host may be a name (resolved once, IPv4).
+// Port 0 is allowed only where the default port is 0 (filled in by start()).
 sockaddr_in resolve(const std::string& s, std::uint16_t default_port, std::string_view what) {
     std::string host = s, port = std::to_string(default_port);
     if (auto colon = s.rfind(':'); colon != std::string::npos) {
@@ -139,7 +140,7 @@ sockaddr_in resolve(const std::string& s, std::uint16_t default_port, std::strin
     sockaddr_in sa{};
     std::memcpy(&sa, res->ai_addr, sizeof sa);
     ::freeaddrinfo(res);
-    if (sa.sin_port == 0) throw std::invalid_argument("plexus discovery: " + std::string(what) + " '" + s + "' has port 0");
+    if (sa.sin_port == 0 && default_port != 0) throw std::invalid_argument("plexus discovery: " + std::string(what) + " '" + s + "' has port 0");
     return sa;
 }
 
@@ -283,9 +284,11 @@ private:
     void send_push(clock::time_point now);
     std::vector<std::pair<sockaddr_in, node_id>> direct_peers(clock::time_point now);
     void send_leave();
-    void send_beacon(const sockaddr_in& to, beacon_kind kind, bool broadcast, bool gossip, const node_id* exclude);
+    // gossip: at most that many entries (fewer if the datagram would not fit).
+    void send_beacon(const sockaddr_in& to, beacon_kind kind, bool broadcast, std::size_t gossip,
+                     const node_id* exclude);
     void send_raw(const sockaddr_in& to, const std::vector<std::uint8_t>& bytes);
-    std::vector<gossip_entry> pick_gossip(const node_id* exclude);
+    std::vector<gossip_entry> pick_gossip(const node_id* exclude, std::size_t max);
     void emit(event_kind k, leave_reason r, const peer& p) { events_.push_back(event{k, r, p}); }
     void flush_events();
     milliseconds window(const peer_state& st) const { return st.info.interval * opt.missed; }
@@ -629,7 +632,7 @@ void agent_impl::on_hello(beacon& b, const sockaddr_in& from, clock::time_point 
         // Answer at once so that the new peer knows us within a round trip, not an interval.
         // Gossip only to a peer that reached us by unicast: one whose broadcast reached
         // us reaches everyone we know the same way.
-        send_beacon(from, beacon_kind::hello, false, (b.flags & flag_broadcast) == 0, &b.id);
+        send_beacon(from, beacon_kind::hello, false, (b.flags & flag_broadcast) ? 0 : opt.gossip_max, &b.id);
         count(&counters::answers);
     }
     for (const auto& g : b.gossip) on_gossip(g, from, now);
@@ -677,7 +680,7 @@ void agent_impl::on_gossip(const gossip_entry& g, const sockaddr_in& from, clock
     auto& last = contacted_[g.id];
     if (last != clock::time_point{} && now - last < opt.interval) return;
     last = now;
-    send_beacon(to, beacon_kind::hello, false, true, &g.id);
+    send_beacon(to, beacon_kind::hello, false, opt.gossip_max, &g.id);
     count(&counters::gossip_contacts);
 }
 
@@ -711,9 +714,9 @@ clock::time_point agent_impl::expire(clock::time_point now) {
     return next;
 }
 
-std::vector<gossip_entry> agent_impl::pick_gossip(const node_id* exclude) {
+std::vector<gossip_entry> agent_impl::pick_gossip(const node_id* exclude, std::size_t max) {
     std::vector<gossip_entry> out;
-    if (opt.gossip_max == 0) return out;
+    if (max == 0) return out;
     std::lock_guard lk(table_mu);
     std::vector<const peer_state*> known;
     for (const auto& [id, st] : table)
@@ -724,20 +727,24 @@ std::vector<gossip_entry> agent_impl::pick_gossip(const node_id* exclude) {
             if (g.id == st->info.id) return;
         out.push_back(gossip_entry{st->info.id, st->info.incarnation, st->info.address});
     };
-    for (auto it = recent_.rbegin(); it != recent_.rend() && out.size() < opt.gossip_max; ++it)
+    for (auto it = recent_.rbegin(); it != recent_.rend() && out.size() < max; ++it)
         if (auto f = table.find(*it); f != table.end() && f->second.joined && (exclude == nullptr || *it != *exclude))
             add(&f->second);
-    for (std::size_t i = 0; i < known.size() && out.size() < opt.gossip_max; ++i)
+    for (std::size_t i = 0; i < known.size() && out.size() < max; ++i)
         add(known[(gossip_cursor_ + i) % known.size()]);
     return out;
 }
 
 void agent_impl::send_round(clock::time_point now) {
-    for (const auto& t : bcast_) send_beacon(t, beacon_kind::hello, true, false, nullptr);
-    if (mcast_) send_beacon(*mcast_, beacon_kind::hello, true, false, nullptr);
-    for (const auto& s : seeds_) send_beacon(s, beacon_kind::hello, false, true, nullptr);
-    for (const auto& [addr, id] : direct_peers(now)) send_beacon(addr, beacon_kind::hello, false, true, &id);
-    gossip_cursor_ += opt.gossip_max;
+    for (const auto& t : bcast_) send_beacon(t, beacon_kind::hello, true, 0, nullptr);
+    if (mcast_) send_beacon(*mcast_, beacon_kind::hello, true, 0, nullptr);
+    for (const auto& s : seeds_) send_beacon(s, beacon_kind::hello, false, opt.gossip_max, nullptr);
+    // Joins travel in answers and pushes with full gossip; the periodic beacons to direct
+    // peers carry a couple of entries in rotation, enough to repair a lost datagram
+    // without making every unicast beacon large.
+    const std::size_t periodic = std::min<std::size_t>(2, opt.gossip_max);
+    for (const auto& [addr, id] : direct_peers(now)) send_beacon(addr, beacon_kind::hello, false, periodic, &id);
+    gossip_cursor_ += periodic;
 }
 
 // Peers that do not hear our broadcasts (we do not hear theirs, or we have none) get
@@ -755,25 +762,20 @@ void agent_impl::send_push(clock::time_point now) {
     for (const auto& [addr, id] : direct_peers(now)) {
         // The peers that just joined already have our answer.
         if (std::find(recent_.begin(), recent_.end(), id) != recent_.end()) continue;
-        send_beacon(addr, beacon_kind::hello, false, true, &id);
+        send_beacon(addr, beacon_kind::hello, false, opt.gossip_max, &id);
     }
     recent_.clear();
     push_at_ = clock::time_point::max();
 }
 
 void agent_impl::send_leave() {
-    for (const auto& t : bcast_) send_beacon(t, beacon_kind::leave, true, false, nullptr);
-    if (mcast_) send_beacon(*mcast_, beacon_kind::leave, true, false, nullptr);
-    for (const auto& s : seeds_) send_beacon(s, beacon_kind::leave, false, false, nullptr);
-    std::vector<sockaddr_in> direct;
-    {
-        std::lock_guard lk(table_mu);
-        for (const auto& [id, st] : table) direct.push_back(st.addr);
-    }
-    for (const auto& a : direct) send_beacon(a, beacon_kind::leave, false, false, nullptr);
+    for (const auto& t : bcast_) send_beacon(t, beacon_kind::leave, true, 0, nullptr);
+    if (mcast_) send_beacon(*mcast_, beacon_kind::leave, true, 0, nullptr);
+    for (const auto& s : seeds_) send_beacon(s, beacon_kind::leave, false, 0, nullptr);
+    for (const auto& [addr, id] : direct_peers(clock::now())) send_beacon(addr, beacon_kind::leave, false, 0, nullptr);
 }
 
-void agent_impl::send_beacon(const sockaddr_in& to, beacon_kind kind, bool broadcast, bool gossip,
+void agent_impl::send_beacon(const sockaddr_in& to, beacon_kind kind, bool broadcast, std::size_t gossip,
                              const node_id* exclude) {
     std::shared_ptr<const announced> a;
     {
@@ -798,7 +800,7 @@ void agent_impl::send_beacon(const sockaddr_in& to, beacon_kind kind, bool broad
         b.part = i;
         b.body = a->parts[i];
         b.gossip.clear();
-        if (gossip && i == 0) b.gossip = pick_gossip(exclude);
+        if (gossip > 0 && i == 0) b.gossip = pick_gossip(exclude, gossip);
         auto bytes = encode(b);
         while (bytes.size() > opt.max_datagram && !b.gossip.empty()) {
             b.gossip.pop_back();

@@ -79,7 +79,9 @@ struct beacon_options {
     std::string advertise;
     payload announce;                // what this node announces; see update_payload()
     std::size_t max_datagram = default_datagram_size;  // [min_datagram_size, max_datagram_size]
-    std::size_t gossip_max = 8;      // gossip entries per unicast beacon
+    // Gossip entries in a unicast beacon that introduces nodes (answer, seed, push);
+    // periodic beacons to peers reached only by unicast carry at most 2.
+    std::size_t gossip_max = 8;
     std::size_t max_peers = 4096;    // beacons from further new peers are dropped (counted)
 };
 
@@ -151,7 +153,9 @@ public:
     // Binds both sockets (std::system_error on failure), starts the thread, sends the
     // first beacon. Throws std::logic_error if already started.
     void start();
-    // Sends a leave beacon (peers drop this node at once), ends the thread. Idempotent.
+    // Sends a leave beacon (peers drop this node at once), ends the thread, empties the
+    // table (no leave events for it). Idempotent. An agent starts once: to rejoin,
+    // make a new agent (a new incarnation).
     void stop();
     // Ends the thread without a leave beacon, as if the process had died: peers drop
     // this node only by expiry. For tests and crash drills.
