@@ -5,23 +5,30 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -333,6 +340,384 @@ bool has(const json& arr, const std::string& key, const std::string& value) {
                return e.is_object() && e.contains(key) && e[key] == value;
            });
 }
+
+
+// --- HTTP over a raw TCP socket (the metrics endpoint) ----------------------------------
+
+// Owns a file descriptor.
+struct fd_guard {
+    int fd = -1;
+    explicit fd_guard(int f) : fd(f) {}
+    fd_guard(const fd_guard&) = delete;
+    fd_guard& operator=(const fd_guard&) = delete;
+    ~fd_guard() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// Connects to 127.0.0.1:port within `bound`: the connected descriptor, or -errno.
+int tcp_connect(int port, ms bound = 5s) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int err = 0;
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) {
+        err = errno;
+        if (err == EINPROGRESS) {
+            pollfd p{fd, POLLOUT, 0};
+            if (::poll(&p, 1, static_cast<int>(bound.count())) == 1) {
+                socklen_t len = sizeof err;
+                ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            } else {
+                err = ETIMEDOUT;
+            }
+        }
+    }
+    if (err != 0) {
+        ::close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+// Sends `bytes` to 127.0.0.1:port, then reads until the end of an HTTP head (or the
+// peer closes, or `bound` passes); returns what came back.
+std::string tcp_exchange(int port, const std::string& bytes, ms bound = 5s) {
+    const auto deadline = steady::now() + bound;
+    const int fd = tcp_connect(port, bound);
+    REQUIRE(fd >= 0);
+    fd_guard guard(fd);
+    // Small inputs only: they fit in the socket buffer.
+    REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    std::string got;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<ms>(deadline - steady::now()).count();
+        if (left <= 0) break;
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left)) != 1) continue;
+        char buf[4096];
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) break;
+        if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+        if (got.find("\r\n\r\n") != std::string::npos) break;
+    }
+    return got;
+}
+
+struct url_parts {
+    std::string host;
+    int port = 0;
+    std::string path;
+};
+
+url_parts split_url(const std::string& url) {
+    INFO("url: " << url);
+    REQUIRE(url.rfind("http://", 0) == 0);
+    const auto slash = url.find('/', 7);
+    REQUIRE(slash != std::string::npos);
+    const std::string hostport = url.substr(7, slash - 7);
+    const auto colon = hostport.rfind(':');
+    REQUIRE(colon != std::string::npos);
+    url_parts u{hostport.substr(0, colon), 0, url.substr(slash)};
+    const std::string port = hostport.substr(colon + 1);
+    REQUIRE(!port.empty());
+    REQUIRE(port.find_first_not_of("0123456789") == std::string::npos);
+    u.port = std::stoi(port);
+    return u;
+}
+
+struct http_reply {
+    int status = 0;
+    std::map<std::string, std::string> headers; // names in lower case
+    std::string body;
+};
+
+// One HTTP/1.1 GET to 127.0.0.1 (Connection: close), read to EOF, everything within `bound`.
+http_reply http_get(const std::string& url, ms bound = 5s) {
+    const url_parts u = split_url(url);
+    REQUIRE(u.host == "127.0.0.1");
+    const auto deadline = steady::now() + bound;
+    const int fd = tcp_connect(u.port, bound);
+    INFO("connect to port " << u.port << ": " << (fd < 0 ? std::strerror(-fd) : "ok"));
+    REQUIRE(fd >= 0);
+    fd_guard guard(fd);
+
+    const std::string request = "GET " + u.path + " HTTP/1.1\r\nHost: " + u.host + ":" + std::to_string(u.port) +
+                                "\r\nAccept: text/plain\r\nConnection: close\r\n\r\n";
+    for (std::size_t sent = 0; sent < request.size();) {
+        pollfd p{fd, POLLOUT, 0};
+        REQUIRE(::poll(&p, 1, static_cast<int>(std::max<long>(0, std::chrono::duration_cast<ms>(deadline - steady::now()).count()))) == 1);
+        const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+        REQUIRE((n > 0 || errno == EAGAIN || errno == EINTR));
+        if (n > 0) sent += static_cast<std::size_t>(n);
+    }
+    std::string raw;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<ms>(deadline - steady::now()).count();
+        INFO("received so far: " << raw);
+        REQUIRE(left > 0); // else: no end of the reply within the bound
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left)) != 1) continue;
+        char buf[8192];
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n == 0) break;
+        if (n < 0) {
+            REQUIRE((errno == EAGAIN || errno == EINTR));
+            continue;
+        }
+        raw.append(buf, static_cast<std::size_t>(n));
+    }
+
+    INFO("reply: " << raw.substr(0, 2000));
+    const auto head_end = raw.find("\r\n\r\n");
+    REQUIRE(head_end != std::string::npos);
+    http_reply r;
+    std::istringstream head(raw.substr(0, head_end));
+    std::string status_line;
+    std::getline(head, status_line);
+    REQUIRE(status_line.rfind("HTTP/1.1 ", 0) == 0);
+    r.status = std::stoi(status_line.substr(9, 3));
+    for (std::string line; std::getline(head, line);) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        const auto colon = line.find(':');
+        REQUIRE(colon != std::string::npos);
+        std::string name = line.substr(0, colon);
+        for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        std::string value = line.substr(colon + 1);
+        value.erase(0, value.find_first_not_of(' '));
+        r.headers[name] = value;
+    }
+    REQUIRE(r.headers.count("transfer-encoding") == 0); // the server sends a length; no chunk decoding here
+    r.body = raw.substr(head_end + 4);
+    if (r.headers.count("content-length")) CHECK(std::stoul(r.headers["content-length"]) == r.body.size());
+    return r;
+}
+
+// --- Prometheus text exposition format 0.0.4 ---------------------------------------------
+
+struct sample {
+    std::string name;
+    std::map<std::string, std::string> labels;
+    std::string value_text;
+    double value = 0;
+};
+
+struct exposition {
+    std::vector<sample> samples;
+    std::map<std::string, std::string> types; // family -> counter|gauge|histogram|...
+};
+
+bool metric_name_char(char c, bool first) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' || (!first && c >= '0' && c <= '9');
+}
+
+// One sample line: name{label="value",...} value [timestamp]. nullopt when it is not one.
+std::optional<sample> parse_sample(const std::string& line) {
+    sample s;
+    std::size_t i = 0;
+    while (i < line.size() && metric_name_char(line[i], i == 0)) ++i;
+    if (i == 0) return std::nullopt;
+    s.name = line.substr(0, i);
+    if (i < line.size() && line[i] == '{') {
+        ++i;
+        while (i < line.size() && line[i] != '}') {
+            const std::size_t start = i;
+            while (i < line.size() && metric_name_char(line[i], i == start) && line[i] != ':') ++i;
+            if (i == start || line.compare(i, 2, "=\"") != 0) return std::nullopt;
+            const std::string key = line.substr(start, i - start);
+            i += 2;
+            std::string value;
+            for (;; ++i) {
+                if (i >= line.size()) return std::nullopt;
+                if (line[i] == '"') break;
+                if (line[i] == '\\') {
+                    if (++i >= line.size()) return std::nullopt;
+                    if (line[i] == 'n')
+                        value += '\n';
+                    else if (line[i] == '\\' || line[i] == '"')
+                        value += line[i];
+                    else
+                        return std::nullopt;
+                } else {
+                    value += line[i];
+                }
+            }
+            ++i; // closing quote
+            if (!s.labels.emplace(key, value).second) return std::nullopt; // a label twice
+            if (i < line.size() && line[i] == ',') ++i;
+            else if (i >= line.size() || line[i] != '}') return std::nullopt;
+        }
+        if (i >= line.size()) return std::nullopt;
+        ++i; // '}'
+    }
+    if (i >= line.size() || line[i] != ' ') return std::nullopt;
+    ++i;
+    const auto end = line.find(' ', i);
+    s.value_text = line.substr(i, end == std::string::npos ? std::string::npos : end - i);
+    if (s.value_text == "+Inf" || s.value_text == "-Inf" || s.value_text == "NaN") {
+        s.value = s.value_text == "NaN" ? std::nan("") : s.value_text == "+Inf" ? HUGE_VAL : -HUGE_VAL;
+    } else {
+        if (s.value_text.empty()) return std::nullopt;
+        char* stop = nullptr;
+        s.value = std::strtod(s.value_text.c_str(), &stop);
+        if (*stop != '\0' || !std::isfinite(s.value)) return std::nullopt;
+    }
+    if (end != std::string::npos) { // a timestamp: an integer (ms)
+        const std::string ts = line.substr(end + 1);
+        if (ts.empty() || ts.find_first_not_of("-0123456789") != std::string::npos) return std::nullopt;
+    }
+    return s;
+}
+
+// The family a sample belongs to: histograms' _bucket, _sum and _count are the family's.
+std::string family_of(const exposition& e, const std::string& name) {
+    for (std::string suffix : {"_bucket", "_sum", "_count"})
+        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+            const std::string base = name.substr(0, name.size() - suffix.size());
+            if (auto t = e.types.find(base); t != e.types.end() && (t->second == "histogram" || t->second == "summary"))
+                return base;
+        }
+    return name;
+}
+
+// Parses the whole text; every line must be a comment or a sample of a family whose
+// TYPE came before, and no sample (name and labels) may appear twice.
+exposition parse_exposition(const std::string& text) {
+    exposition e;
+    REQUIRE(!text.empty());
+    CHECK(text.back() == '\n');
+    std::set<std::string> seen_families, seen_samples;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        INFO("line: " << line);
+        CHECK(line.find('\r') == std::string::npos);
+        if (line.empty()) continue;
+        if (line[0] == '#') {
+            std::istringstream words(line.substr(1));
+            std::string kind, name, rest;
+            words >> kind >> name;
+            if (kind == "TYPE") {
+                words >> rest;
+                CHECK((rest == "counter" || rest == "gauge" || rest == "histogram" || rest == "summary" || rest == "untyped"));
+                CHECK(e.types.count(name) == 0);        // one TYPE per family
+                CHECK(seen_families.count(name) == 0);  // and before its samples
+                e.types[name] = rest;
+            } else if (kind == "HELP") {
+                CHECK(!name.empty());
+            }
+            continue;
+        }
+        auto s = parse_sample(line);
+        REQUIRE(s.has_value());
+        const std::string family = family_of(e, s->name);
+        CHECK(e.types.count(family) == 1);
+        seen_families.insert(family);
+        std::string key = s->name;
+        for (const auto& [k, v] : s->labels) key += "|" + k + "=" + v;
+        CHECK(seen_samples.insert(key).second);
+        e.samples.push_back(std::move(*s));
+    }
+    return e;
+}
+
+// The samples called `name` whose labels include all of `labels`.
+std::vector<sample> samples_of(const exposition& e, const std::string& name, const std::map<std::string, std::string>& labels) {
+    std::vector<sample> out;
+    for (const auto& s : e.samples) {
+        if (s.name != name) continue;
+        bool all = true;
+        for (const auto& [k, v] : labels) {
+            auto it = s.labels.find(k);
+            all = all && it != s.labels.end() && it->second == v;
+        }
+        if (all) out.push_back(s);
+    }
+    return out;
+}
+
+// The value of the one sample `name` with `labels`; fails unless exactly one matches.
+double value_of(const exposition& e, const std::string& name, const std::map<std::string, std::string>& labels) {
+    const auto found = samples_of(e, name, labels);
+    std::string want = name;
+    for (const auto& [k, v] : labels) want += " " + k + "=" + v;
+    INFO("sample " << want);
+    REQUIRE(found.size() == 1);
+    return found[0].value;
+}
+
+// Checks a histogram series: buckets in increasing `le`, cumulative counts that never
+// decrease, the last one le="+Inf" equal to _count. Returns _count.
+double check_histogram(const exposition& e, const std::string& family, const std::map<std::string, std::string>& labels) {
+    INFO("histogram " << family);
+    const auto buckets = samples_of(e, family + "_bucket", labels);
+    REQUIRE(buckets.size() >= 2);
+    double last_le = -HUGE_VAL, last_count = 0;
+    for (const auto& b : buckets) {
+        INFO("bucket le=" << (b.labels.count("le") ? b.labels.at("le") : "(none)") << " " << b.value_text);
+        REQUIRE(b.labels.count("le") == 1);
+        const std::string& le_text = b.labels.at("le");
+        double le = 0;
+        if (le_text == "+Inf") {
+            le = HUGE_VAL;
+        } else {
+            char* stop = nullptr;
+            le = std::strtod(le_text.c_str(), &stop);
+            REQUIRE(*stop == '\0');
+        }
+        CHECK(le > last_le);
+        CHECK(b.value >= last_count);
+        CHECK(b.value == std::floor(b.value));
+        last_le = le;
+        last_count = b.value;
+    }
+    CHECK(buckets.back().labels.at("le") == "+Inf");
+    const double count = value_of(e, family + "_count", labels);
+    CHECK(buckets.back().value == count);
+    const double sum = value_of(e, family + "_sum", labels);
+    CHECK(sum >= 0);
+    return count;
+}
+
+// The TCP ports process `pid` listens on (IPv4 and IPv6), from /proc, each with the
+// length of its accept queue (connections the kernel took that the process has not
+// accepted yet).
+std::map<int, int> listening_sockets(pid_t pid) {
+    std::set<std::string> inodes;
+    const fs::path fds = "/proc/" + std::to_string(pid) + "/fd";
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(fds, ec)) {
+        std::error_code lec;
+        const std::string target = fs::read_symlink(entry.path(), lec).string();
+        if (!lec && target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+    }
+    REQUIRE(!ec);
+    std::map<int, int> ports;
+    for (const char* table : {"tcp", "tcp6"}) {
+        std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
+        std::string line;
+        std::getline(in, line); // header
+        while (std::getline(in, line)) {
+            std::istringstream f(line);
+            std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+            f >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+            if (state == "0A" && inodes.count(inode)) // 0A: LISTEN; queues: tx:rx, rx the accept queue
+                ports[std::stoi(local.substr(local.rfind(':') + 1), nullptr, 16)] =
+                    std::stoi(queues.substr(queues.find(':') + 1), nullptr, 16);
+        }
+    }
+    return ports;
+}
+
+std::set<int> listening_ports(pid_t pid) {
+    std::set<int> out;
+    for (const auto& [port, queued] : listening_sockets(pid)) out.insert(port);
+    return out;
+}
+
+int port_of(const std::string& endpoint) { return std::stoi(endpoint.substr(endpoint.rfind(':') + 1)); }
 
 } // namespace
 
@@ -652,4 +1037,188 @@ TEST_CASE("plexus-node --connect: B learns A's services through A's describe", "
     CHECK(asked);
     CHECK(b.stop() == 0);
     CHECK(a.stop() == 0);
+}
+
+TEST_CASE("plexus-node --metrics-port: Prometheus text over real HTTP that parses and counts the calls", "[process][metrics]") {
+    temp_dir dir;
+    node_process n(dir, "metered", {"--echo", "--metrics-port", "0"});
+    INFO("node log:\n" << n.log() << "\nready file: " << n.ready.dump());
+    REQUIRE(n.ready.contains("metrics"));
+    const std::string url = n.ready["metrics"].get<std::string>();
+    CHECK(url.rfind("http://127.0.0.1:", 0) == 0);
+    const url_parts u = split_url(url);
+    CHECK(u.path == "/metrics");
+    CHECK(u.port > 0);
+    CHECK(u.port != port_of(n.rpc));
+
+    constexpr int echo_calls = 3;
+    for (int i = 0; i < echo_calls; ++i) {
+        auto r = plexus_cli({"call", n.rpc, "echo.echo", json{{"i", i}}.dump()});
+        REQUIRE(r.code == 0);
+    }
+    REQUIRE(plexus_cli({"call", n.rpc, "echo.fail"}).code == 77); // INTERNAL
+
+    // Every call above had its reply, and the node counts a call before it replies.
+    const http_reply scrape = http_get(url);
+    INFO("scrape:\n" << scrape.body);
+    REQUIRE(scrape.status == 200);
+    REQUIRE(scrape.headers.count("content-type") == 1);
+    CHECK(scrape.headers.at("content-type") == "text/plain; version=0.0.4; charset=utf-8");
+    const exposition e = parse_exposition(scrape.body);
+
+    const std::map<std::string, std::string> echo{{"node", "metered"}, {"service", "echo"}, {"method", "echo"}};
+    const std::map<std::string, std::string> fail{{"node", "metered"}, {"service", "echo"}, {"method", "fail"}};
+    CHECK(e.types.at("plexus_server_calls_total") == "counter");
+    CHECK(e.types.at("plexus_server_errors_total") == "counter");
+    CHECK(e.types.at("plexus_server_latency_seconds") == "histogram");
+    CHECK(value_of(e, "plexus_server_calls_total", echo) == echo_calls);
+    CHECK(value_of(e, "plexus_server_calls_total", fail) == 1);
+    CHECK(samples_of(e, "plexus_server_errors_total", echo).empty());
+    CHECK(samples_of(e, "plexus_server_errors_total", fail).size() == 1);
+    auto fail_internal = fail;
+    fail_internal["code"] = "INTERNAL";
+    CHECK(value_of(e, "plexus_server_errors_total", fail_internal) == 1);
+    CHECK(check_histogram(e, "plexus_server_latency_seconds", echo) == echo_calls);
+    CHECK(check_histogram(e, "plexus_server_latency_seconds", fail) == 1);
+    CHECK(value_of(e, "plexus_server_in_flight", echo) == 0);
+    CHECK(value_of(e, "plexus_uptime_seconds", {{"node", "metered"}}) > 0);
+    // Every method served has its series, called or not.
+    CHECK(value_of(e, "plexus_server_calls_total", {{"service", "echo"}, {"method", "sleep"}}) == 0);
+
+    // The same counters as JSON through the stats system method.
+    auto st = plexus_cli({"stats", n.rpc});
+    REQUIRE(st.code == 0);
+    const json stats = st.out_json();
+    bool saw_echo = false, saw_fail = false;
+    for (const auto& m : stats["methods"]) {
+        if (m["service"] != "echo") continue;
+        INFO("stats of " << m.dump());
+        if (m["method"] == "echo") {
+            saw_echo = true;
+            CHECK(m["calls"] == echo_calls);
+            CHECK(m["errors"] == 0);
+            CHECK(m["errors_by_code"] == json::object());
+            REQUIRE(m["p50_us"].is_number());
+            REQUIRE(m["p90_us"].is_number());
+            REQUIRE(m["p99_us"].is_number());
+            CHECK(m["p50_us"].get<double>() > 0);
+            CHECK(m["p50_us"].get<double>() <= m["p90_us"].get<double>());
+            CHECK(m["p90_us"].get<double>() <= m["p99_us"].get<double>());
+        } else if (m["method"] == "fail") {
+            saw_fail = true;
+            CHECK(m["calls"] == 1);
+            CHECK(m["errors"] == 1);
+            CHECK(m["errors_by_code"] == json{{"INTERNAL", 1}});
+        }
+    }
+    CHECK(saw_echo);
+    CHECK(saw_fail);
+
+    // A scrape reads the live counters.
+    REQUIRE(plexus_cli({"call", n.rpc, "echo.echo", "1"}).code == 0);
+    const exposition again = parse_exposition(http_get(url).body);
+    CHECK(value_of(again, "plexus_server_calls_total", echo) == echo_calls + 1);
+    CHECK(check_histogram(again, "plexus_server_latency_seconds", echo) == echo_calls + 1);
+
+    const std::string base = url.substr(0, url.size() - std::string("/metrics").size());
+    const http_reply health = http_get(base + "/healthz");
+    CHECK(health.status == 200);
+    CHECK(health.body == "ok");
+    CHECK(http_get(base + "/nope").status == 404);
+
+    // Garbage from the network is answered, not a crash: the node keeps serving.
+    for (const std::string& junk : {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15),
+                                    std::string("NOT-HTTP\r\n\r\n"),
+                                    "GET /metrics HTTP/1.1\r\nX: " + std::string(20000, 'a') + "\r\n\r\n",
+                                    std::string("POST /metrics HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n")}) {
+        const std::string answer = tcp_exchange(u.port, junk);
+        INFO("sent " << junk.substr(0, 60) << "\nanswer: " << answer);
+        CHECK(answer.rfind("HTTP/1.1 4", 0) == 0); // 400 Bad Request, 413 Payload Too Large
+    }
+    CHECK(http_get(url).status == 200);
+    CHECK(plexus_cli({"ping", n.rpc}).code == 0);
+
+    CHECK(n.log().find("metrics=" + url) != std::string::npos);
+    CHECK(n.stop() == 0);
+    // Stopped: the port is closed.
+    const int fd = tcp_connect(u.port);
+    fd_guard guard(fd);
+    CHECK(fd == -ECONNREFUSED);
+}
+
+TEST_CASE("plexus-node opens no metrics port unless asked and fails on a taken or bad one", "[process][metrics]") {
+    temp_dir dir;
+    {
+        node_process n(dir, "quiet");
+        INFO("ready file: " << n.ready.dump());
+        CHECK_FALSE(n.ready.contains("metrics"));
+        CHECK(listening_ports(n.proc().pid()) == std::set<int>{port_of(n.rpc), port_of(n.pub)});
+        CHECK(n.log().find("metrics=off") != std::string::npos);
+    }
+    node_process m(dir, "loud", {}, {{"PLEXUS_METRICS_PORT", "0"}}); // from the environment
+    INFO("ready file: " << m.ready.dump() << "\nnode log:\n" << m.log());
+    REQUIRE(m.ready.contains("metrics"));
+    const int metrics_port = split_url(m.ready["metrics"].get<std::string>()).port;
+    CHECK(listening_ports(m.proc().pid()) == std::set<int>{port_of(m.rpc), port_of(m.pub), metrics_port});
+    CHECK(http_get(m.ready["metrics"].get<std::string>()).status == 200);
+
+    SECTION("a port another node serves: exit 1 with an error line (no SO_REUSEPORT sharing)") {
+        child b({node_exe, "--name", "b", "--metrics-port", std::to_string(metrics_port)}, {});
+        CHECK(b.wait(5s) == 1);
+        INFO(b.err);
+        CHECK(b.err.find("level=error node=b msg=\"cannot serve metrics\"") != std::string::npos);
+        CHECK(http_get(m.ready["metrics"].get<std::string>()).status == 200); // the first one still serves
+    }
+    SECTION("bad values exit 2 before starting") {
+        CHECK(exit_of({"--metrics-port", "65536"}) == 2);
+        CHECK(exit_of({"--metrics-port", "http"}) == 2);
+        CHECK(exit_of({"--metrics-port", "0", "--metrics-bind", ""}) == 2);
+    }
+    SECTION("an address that is not this host's (TEST-NET-1, nothing is sent): exit 1") {
+        CHECK(exit_of({"--metrics-port", "0", "--metrics-bind", "192.0.2.1"}) == 1);
+    }
+    CHECK(m.stop() == 0);
+}
+
+TEST_CASE("plexus-node stops within its bound while metrics clients hold connections open", "[process][metrics]") {
+    temp_dir dir;
+    node_process n(dir, "held", {"--metrics-port", "0", "--heartbeat-interval", "0"});
+    INFO("node log:\n" << n.log());
+    const int port = split_url(n.ready["metrics"].get<std::string>()).port;
+
+    // One client connects and says nothing; another trickles a request line that never
+    // ends, a byte every 100 ms (each byte restarts the server's read timeout).
+    fd_guard idle(tcp_connect(port));
+    REQUIRE(idle.fd >= 0);
+    fd_guard slow(tcp_connect(port));
+    REQUIRE(slow.fd >= 0);
+    REQUIRE(::send(slow.fd, "GET /", 5, MSG_NOSIGNAL) == 5);
+    std::atomic<bool> done{false};
+    std::thread trickle([&] {
+        for (int i = 0; i < 300 && !done; ++i) {
+            if (::send(slow.fd, "x", 1, MSG_NOSIGNAL) != 1) break; // the server closed it
+            std::this_thread::sleep_for(100ms);
+        }
+    });
+    struct joiner { // also when a REQUIRE below throws
+        std::atomic<bool>& done;
+        std::thread& thread;
+        ~joiner() {
+            done = true;
+            thread.join();
+        }
+    } join_trickle{done, trickle};
+    // Both connections are taken by the server (its accept queue is empty) before the
+    // stop. No event to wait on: poll /proc, bounded.
+    const auto queued = [&] {
+        const auto sockets = listening_sockets(n.proc().pid());
+        const auto it = sockets.find(port);
+        return it == sockets.end() ? -1 : it->second;
+    };
+    const auto deadline = steady::now() + 10s;
+    while (queued() != 0 && steady::now() < deadline) std::this_thread::sleep_for(10ms);
+    CHECK(queued() == 0);
+
+    CHECK(n.stop(SIGTERM, 10s) == 0); // killed, and failed, when the bound passes
+    CHECK(n.log().find("msg=stopped") != std::string::npos);
 }

@@ -2,8 +2,9 @@
 // file > PLEXUS_* environment > defaults), builds a plexus::node, runs it until
 // SIGINT/SIGTERM, stops it within --shutdown-timeout and exits 0.
 //
-// Exit codes: 0 stopped by a signal; 1 runtime failure (cannot bind, cannot write the
-// ready file); 2 usage error (unknown option, bad value, unreadable config file).
+// Exit codes: 0 stopped by a signal; 1 runtime failure (cannot bind an endpoint or the
+// metrics port, cannot write the ready file); 2 usage error (unknown option, bad value,
+// unreadable config file).
 #include <plexus/node.hpp>
 
 #include <atomic>
@@ -30,6 +31,7 @@
 
 #include "json_msgpack.hpp"
 #include "logfmt.hpp"
+#include "metrics_http.hpp"
 #include "options.hpp"
 
 namespace po = boost::program_options;
@@ -46,6 +48,8 @@ struct settings {
     std::chrono::milliseconds heartbeat{1000};
     bool echo = false;
     std::string ready_file;
+    std::optional<std::uint16_t> metrics_port; // none: no HTTP endpoint
+    std::string metrics_bind = "127.0.0.1";
 };
 
 struct usage_error : std::runtime_error {
@@ -90,7 +94,12 @@ po::options_description describe_options() {
             "fail (throws: INTERNAL), headers (the request's headers as a map)")
         ("ready-file", po::value<std::string>()->value_name("PATH"),
             "once started, write the bound endpoints as JSON {\"rpc\":[...],\"pub\":[...],...} to PATH (atomically: "
-            "write then rename); removed again on a clean stop");
+            "write then rename); removed again on a clean stop")
+        ("metrics-port", po::value<unsigned>()->value_name("PORT"),
+            "serve HTTP on PORT (0: a free one, see the ready file's \"metrics\"): GET /metrics gives the "
+            "metrics in Prometheus text format 0.0.4, GET /healthz gives \"ok\"; off unless given")
+        ("metrics-bind", po::value<std::string>()->default_value("127.0.0.1")->value_name("ADDR"),
+            "IPv4 or IPv6 address the metrics port listens on (0.0.0.0 or :: for all interfaces)");
     // clang-format on
     return d;
 }
@@ -123,8 +132,12 @@ void print_help(const po::options_description& d) {
                  "  bind = ipc:///tmp/orders.sock\n"
                  "  log-level = debug\n"
                  "  allow-publish = true\n\n"
-                 "Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure (cannot bind, cannot write the\n"
-                 "ready file); 2 usage error.\n";
+                 "Metrics: with --metrics-port, Prometheus scrapes http://ADDR:PORT/metrics (the ready file\n"
+                 "has it as \"metrics\"): plexus_server_* per method served (calls, errors by code, in-flight,\n"
+                 "latency histogram), plexus_client_* per method called, plexus_events_* per topic. Nothing\n"
+                 "listens without it. The same counters as JSON: plexus stats ENDPOINT.\n\n"
+                 "Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure (cannot bind an endpoint or the\n"
+                 "metrics port, cannot write the ready file); 2 usage error.\n";
 }
 
 std::vector<std::string> list_option(const po::variables_map& vm, const char* name) {
@@ -199,6 +212,13 @@ std::optional<settings> parse(int argc, char** argv) {
     s.heartbeat = std::chrono::milliseconds(vm["heartbeat-interval"].as<unsigned>());
     s.echo = vm["echo"].as<bool>();
     if (vm.count("ready-file")) s.ready_file = vm["ready-file"].as<std::string>();
+    if (vm.count("metrics-port")) {
+        const unsigned port = vm["metrics-port"].as<unsigned>();
+        if (port > 65535) throw usage_error("--metrics-port must be at most 65535, not " + std::to_string(port));
+        s.metrics_port = static_cast<std::uint16_t>(port);
+    }
+    s.metrics_bind = vm["metrics-bind"].as<std::string>();
+    if (s.metrics_bind.empty()) throw usage_error("--metrics-bind must not be empty");
     return s;
 }
 
@@ -268,12 +288,13 @@ void serve_echo(plexus::node& node, stop_flag& stopping) {
 
 // --- running ------------------------------------------------------------------------
 
-void write_ready_file(const std::string& path, const plexus::node& node) {
+void write_ready_file(const std::string& path, const plexus::node& node, const pn::metrics_http* metrics) {
     nlohmann::json j{{"rpc", node.endpoints()},
                      {"pub", node.pub_endpoints()},
                      {"name", node.name()},
                      {"id", node.id_hex()},
                      {"pid", static_cast<long>(::getpid())}};
+    if (metrics) j["metrics"] = metrics->url();
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     {
         std::ofstream out(tmp, std::ios::trunc);
@@ -305,13 +326,28 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
         return 1;
     }
     const auto started = std::chrono::steady_clock::now();
+    // Declared after the node: gone before it, and stopped first (it reads the node).
+    std::optional<pn::metrics_http> metrics;
+    const auto stop_all = [&] {
+        if (metrics && !metrics->stop()) log.warn("metrics connection still open at stop: abandoned");
+        stopping.set();
+        node.stop();
+    };
+    if (s.metrics_port) {
+        try {
+            metrics.emplace(s.metrics_bind, *s.metrics_port, [&node] { return node.metrics_text(); });
+        } catch (const std::exception& e) {
+            log.error("cannot serve metrics", {{"error", e.what()}});
+            stop_all();
+            return 1;
+        }
+    }
     if (!s.ready_file.empty()) {
         try {
-            write_ready_file(s.ready_file, node);
+            write_ready_file(s.ready_file, node, metrics ? &*metrics : nullptr);
         } catch (const std::exception& e) {
             log.error("cannot write ready file", {{"error", e.what()}});
-            stopping.set();
-            node.stop();
+            stop_all();
             return 1;
         }
     }
@@ -319,6 +355,7 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
     log.info("running", {{"id", node.id_hex()},
                          {"echo", s.echo ? "true" : "false"},
                          {"heartbeat_ms", std::to_string(heartbeats ? s.heartbeat.count() : 0)},
+                         {"metrics", metrics ? metrics->url() : "off"},
                          {"ready_file", s.ready_file}});
 
     std::uint64_t seq = 0;
@@ -346,8 +383,7 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
     }
 
     log.info("stopping", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
-    stopping.set();
-    node.stop();
+    stop_all();
     if (!s.ready_file.empty()) {
         std::error_code ec;
         std::filesystem::remove(s.ready_file, ec);
