@@ -113,7 +113,7 @@ std::optional<std::string> node_impl::resolve(std::string_view service, clock::t
         // described themselves yet, or discovery's first interval.
         auto wait_until = deadline;
         if (peers_pending_ == 0) {
-            if (!agent_ || clock::now() >= discovery_warm_until_) {
+            if (!agent() || clock::now() >= discovery_warm_until_) {
                 why = {code::unavailable, "no live instance of service '" + key + "'"};
                 return std::nullopt;
             }

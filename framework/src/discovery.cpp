@@ -38,19 +38,20 @@ void node_impl::start_discovery() {
         bo.announce.topics = announced_topics_;
     }
     try {
+        // Peers answer a new node's first beacon at once; until one interval has passed,
+        // a service not found yet may still appear, so resolution waits that long.
+        discovery_warm_until_ = clock::now() + opts.discovery->interval + std::chrono::milliseconds(100);
         agent_ = std::make_unique<discovery::agent>(std::move(bo));
         agent_->on_event([this](const discovery::event& e) { on_discovery_event(e); });
         {
             std::lock_guard lk(peer_handlers_mu_);
             for (auto& [token, fn] : early_peer_handlers_) peer_token_map_[token] = agent_->on_event(std::move(fn));
             early_peer_handlers_.clear();
+            agent_live_.store(agent_.get(), std::memory_order_release);
         }
-        // Peers answer a new node's first beacon at once; until one interval has passed,
-        // a service not found yet may still appear, so resolution waits that long.
-        discovery_warm_until_ = clock::now() + opts.discovery->interval + std::chrono::milliseconds(100);
         agent_->start();
     } catch (const std::exception& e) {
-        agent_.reset();
+        // The agent stays (unstarted) until the node goes: other threads may hold it.
         throw error(code::unavailable, std::string("discovery failed to start: ") + e.what());
     }
     log.write(log_level::info, "discovery started",
@@ -104,32 +105,35 @@ void node_impl::on_discovery_event(const discovery::event& e) {
 }
 
 void node_impl::connect_matching_publishers(const std::string& prefix) {
-    if (!agent_) return;
-    for (auto& p : agent_->peers()) {
+    auto* a = agent();
+    if (!a) return;
+    for (auto& p : a->peers()) {
         auto pub = p.endpoints.find("pub");
         if (pub != p.endpoints.end() && topic_matches(p.topics, prefix)) commands_.push(connect_events_cmd{pub->second});
     }
 }
 
 void node_impl::announce() {
-    if (!agent_) return;
-    discovery::payload pl = agent_->current_payload();
+    auto* a = agent();
+    if (!a) return;
+    discovery::payload pl = a->current_payload();
     {
         std::lock_guard lk(pub_mu_);
         pl.topics = announced_topics_;
     }
     try {
-        agent_->update_payload(std::move(pl));
+        a->update_payload(std::move(pl));
     } catch (const std::exception& e) {
         log.write(log_level::warn, "cannot announce topics", kv("error", e.what()));
     }
 }
 
-std::vector<discovery::peer> node_impl::peers() const { return agent_ ? agent_->peers() : std::vector<discovery::peer>{}; }
+std::vector<discovery::peer> node_impl::peers() const { auto* a = agent();
+    return a ? a->peers() : std::vector<discovery::peer>{}; }
 
 std::uint64_t node_impl::add_peer_handler(std::function<void(const discovery::event&)> fn) {
     std::lock_guard lk(peer_handlers_mu_);
-    if (agent_) return agent_->on_event(std::move(fn));
+    if (auto* a = agent()) return a->on_event(std::move(fn));
     const auto token = next_peer_handler_++;
     early_peer_handlers_.emplace_back(token, std::move(fn));
     return token;
@@ -137,15 +141,16 @@ std::uint64_t node_impl::add_peer_handler(std::function<void(const discovery::ev
 
 void node_impl::remove_peer_handler(std::uint64_t token) {
     std::lock_guard lk(peer_handlers_mu_);
-    if (agent_) {
+    if (auto* a = agent()) {
         auto it = peer_token_map_.find(token);
-        agent_->remove_handler(it == peer_token_map_.end() ? token : it->second);
+        a->remove_handler(it == peer_token_map_.end() ? token : it->second);
         return;
     }
     std::erase_if(early_peer_handlers_, [&](auto& h) { return h.first == token; });
 }
 
-std::uint16_t node_impl::discovery_port() const noexcept { return agent_ ? agent_->port() : 0; }
+std::uint16_t node_impl::discovery_port() const noexcept { auto* a = agent();
+    return a ? a->port() : 0; }
 
 } // namespace plexus::detail
 

@@ -140,7 +140,7 @@ void node_impl::stop() {
         stopping_ = true;
         if (!was_running && !io_.joinable()) return;
         const auto deadline = clock::now() + opts.shutdown_timeout;
-        if (agent_) agent_->stop(); // leave beacon: peers drop us at once
+        if (auto* a = agent()) a->stop(); // leave beacon: peers drop us at once
         {
             std::lock_guard lk(pub_mu_);
             pub_space_.notify_all();
@@ -568,7 +568,7 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
         }
     }
     for (auto& c : failed) complete(c, reply{{code::unavailable, why + " while the call was in flight"}, {}});
-    if (peer && agent_) agent_->mark_dead(*peer);
+    if (auto* a = agent(); peer && a) a->mark_dead(*peer);
     log.write(log_level::info, "endpoint down", kv("endpoint", endpoint) + kv("why", why) + kv("failed_calls", failed.size()));
 }
 

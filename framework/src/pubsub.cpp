@@ -41,7 +41,7 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     auto& tc = it->second;
     // A topic published for the first time is announced, so subscribers find us.
     bool new_topic = false;
-    if (agent_ && tc.seq == 0 &&
+    if (agent() && tc.seq == 0 &&
         std::find(announced_topics_.begin(), announced_topics_.end(), topic) == announced_topics_.end()) {
         announced_topics_.emplace_back(topic);
         new_topic = true;

@@ -341,7 +341,11 @@ private:
     std::uint64_t next_monitor_ = 0;
 
     // discovery
-    std::unique_ptr<discovery::agent> agent_;
+    std::unique_ptr<discovery::agent> agent_; // owner; set once in start()
+    // What other threads read: published once the agent is set up (requests may be
+    // handled, and events published, while start() is still running).
+    std::atomic<discovery::agent*> agent_live_{nullptr};
+    discovery::agent* agent() const noexcept { return agent_live_.load(std::memory_order_acquire); }
     std::mutex peer_handlers_mu_;
     std::vector<std::pair<std::uint64_t, std::function<void(const discovery::event&)>>> early_peer_handlers_;
     std::uint64_t next_peer_handler_ = std::uint64_t{1} << 63; // apart from the agent's tokens
