@@ -103,7 +103,7 @@ std::optional<std::string> node_impl::resolve(std::string_view service, clock::t
                 };
                 return load(eps[a]) <= load(eps[b]) ? eps[a] : eps[b];
             }
-            return eps[rr_.fetch_add(1, std::memory_order_relaxed) % eps.size()];
+            return eps[rr_[key]++ % eps.size()];
         }
         if (stopping_) {
             why = {code::cancelled, "node is stopping"};

@@ -8,9 +8,13 @@
 namespace plexus::detail {
 
 namespace {
+// An announced topic may be a whole topic ("drone.7.position") or a prefix a publisher
+// declares for a family ("delivery."): a subscription wants the publisher when either
+// is a prefix of the other.
 bool topic_matches(const std::vector<std::string>& topics, const std::string& prefix) {
-    return std::any_of(topics.begin(), topics.end(),
-                       [&](const std::string& t) { return t.compare(0, prefix.size(), prefix) == 0; });
+    return std::any_of(topics.begin(), topics.end(), [&](const std::string& t) {
+        return t.compare(0, prefix.size(), prefix) == 0 || prefix.compare(0, t.size(), t) == 0;
+    });
 }
 } // namespace
 
@@ -80,7 +84,10 @@ void node_impl::on_discovery_event(const discovery::event& e) {
     }
     if (!rpc_ep.empty()) {
         std::lock_guard lk(routes_mu_);
-        for (auto& [name, eps] : routes_) std::erase(eps, rpc_ep); // update: services may have changed
+        // An update may change the services; an instance keeps its place in the lists of
+        // the services it still offers, so that round-robin stays even.
+        for (auto& [name, eps] : routes_)
+            if (!p.find_service(name)) std::erase(eps, rpc_ep);
         for (auto& s : p.services) {
             auto& eps = routes_[s.name];
             if (std::find(eps.begin(), eps.end(), rpc_ep) == eps.end()) eps.push_back(rpc_ep);

@@ -41,8 +41,11 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     auto& tc = it->second;
     // A topic published for the first time is announced, so subscribers find us.
     bool new_topic = false;
-    if (agent() && tc.seq == 0 &&
-        std::find(announced_topics_.begin(), announced_topics_.end(), topic) == announced_topics_.end()) {
+    // Not when an announced topic or declared prefix covers it already ("delivery."
+    // covers "delivery.D-1"): beacons stay small however many topics are published.
+    if (agent() && tc.seq == 0 && std::none_of(announced_topics_.begin(), announced_topics_.end(), [&](const std::string& t) {
+            return topic.compare(0, t.size(), t) == 0;
+        })) {
         announced_topics_.emplace_back(topic);
         new_topic = true;
     }

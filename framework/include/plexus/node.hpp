@@ -302,7 +302,10 @@ public:
     // Declares a service; before start() only. Throws failed_precondition afterwards,
     // invalid_argument for the reserved name "plexus" or an empty name.
     service_builder serve(std::string service);
-    // Declares a topic this node publishes, for `describe`. Optional.
+    // Declares a topic this node publishes, for `describe` and discovery. Optional, but
+    // with discovery it lets subscribers connect before the first event: a name ending
+    // in '.' declares a family ("delivery." for "delivery.<id>"). Undeclared topics are
+    // announced when first published, unless a declared one covers them.
     void declare_topic(std::string topic, std::string doc = {}, std::string shape = {});
     template <class T>
     void declare_topic(std::string topic, std::string doc = {}) {

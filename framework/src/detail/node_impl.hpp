@@ -321,7 +321,7 @@ private:
     mutable std::mutex routes_mu_;
     std::condition_variable routes_cv_;
     std::unordered_map<std::string, std::vector<std::string>> routes_;
-    std::atomic<std::uint64_t> rr_{0};
+    std::unordered_map<std::string, std::uint64_t> rr_; // round-robin position per service, under routes_mu_
     std::size_t peers_pending_ = 0; // peers not described yet, under routes_mu_
 
     // sync-call channels, one per calling thread
