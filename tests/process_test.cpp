@@ -33,6 +33,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <future>
+#include <plexus/node.hpp>
+
+#include "testutil.hpp"
+
 extern char** environ;
 
 namespace {
@@ -55,7 +60,10 @@ using env_list = std::vector<std::pair<std::string, std::string>>;
 class child {
 public:
     struct options {
-        env_list env;                       // added to this process' environment, minus its PLEXUS_* variables
+        // Added to this process' environment, minus its PLEXUS_* variables, after
+        // PLEXUS_DISCOVERY=off (no test beacons on the default port unless it says so);
+        // a later entry for the same variable replaces an earlier one.
+        env_list env;
         std::optional<std::string> stdin_data; // default: /dev/null
         std::string stderr_file;            // default: a pipe
     };
@@ -70,7 +78,12 @@ public:
         std::vector<std::string> env_strings;
         for (char** e = environ; *e; ++e)
             if (std::strncmp(*e, "PLEXUS_", 7) != 0) env_strings.emplace_back(*e);
-        for (const auto& [k, v] : opt.env) env_strings.push_back(k + "=" + v);
+        env_list vars{{"PLEXUS_DISCOVERY", "off"}};
+        for (const auto& [k, v] : opt.env) {
+            std::erase_if(vars, [&k = k](const auto& kv) { return kv.first == k; });
+            vars.emplace_back(k, v);
+        }
+        for (const auto& [k, v] : vars) env_strings.push_back(k + "=" + v);
         std::vector<char*> envp, args;
         for (auto& s : env_strings) envp.push_back(s.data());
         envp.push_back(nullptr);
@@ -237,10 +250,12 @@ struct result {
 };
 
 // Runs the CLI to completion; a hang fails the test after `bound`.
-result plexus_cli(std::vector<std::string> args, ms bound = 10s, std::optional<std::string> stdin_data = {}) {
+result plexus_cli(std::vector<std::string> args, ms bound = 10s, std::optional<std::string> stdin_data = {},
+                  env_list env = {}, std::vector<std::string> wrapper = {}) {
     args.insert(args.begin(), cli_exe);
+    args.insert(args.begin(), wrapper.begin(), wrapper.end());
     const auto t0 = steady::now();
-    child c(args, {.env = {}, .stdin_data = std::move(stdin_data), .stderr_file = {}});
+    child c(args, {.env = std::move(env), .stdin_data = std::move(stdin_data), .stderr_file = {}});
     auto code = c.wait(bound);
     result r;
     r.elapsed = std::chrono::duration_cast<ms>(steady::now() - t0);
@@ -284,10 +299,12 @@ std::string read_file(const std::string& path) {
 
 class node_process {
 public:
+    // `wrapper` goes before the executable (e.g. {"ip", "netns", "exec", NS}).
     node_process(const temp_dir& dir, const std::string& name, std::vector<std::string> extra = {}, env_list env = {},
-                 bool with_name = true)
+                 bool with_name = true, std::vector<std::string> wrapper = {})
         : ready_path_(dir.file(name + ".ready")), log_path_(dir.file(name + ".log")) {
-        std::vector<std::string> argv{node_exe, "--ready-file", ready_path_};
+        std::vector<std::string> argv = wrapper;
+        argv.insert(argv.end(), {node_exe, "--ready-file", ready_path_});
         if (with_name) argv.insert(argv.end(), {"--name", name});
         argv.insert(argv.end(), extra.begin(), extra.end());
         proc_.emplace(argv, child::options{.env = std::move(env), .stdin_data = {}, .stderr_file = log_path_});
@@ -832,7 +849,7 @@ TEST_CASE("plexus call: JSON bodies, headers, stdin, errors as exit codes and on
         const std::vector<std::vector<std::string>> bad{
             {"call", n.rpc, "echo.echo", R"({"a":)"}, // bad JSON
             {"call", n.rpc, "echo.echo", "hello"},    // not JSON either
-            {"call", "echo.echo", "{}"},              // no endpoint (no discovery yet)
+            {"call", "echo.echo", "{}"},              // no endpoint, and discovery off (PLEXUS_DISCOVERY=off)
             {"call", n.rpc, "echoecho", "{}"},        // no method
             {"call", n.rpc, "echo.echo", "{}", "-H", "novalue"},
             {"call", n.rpc, "echo.echo", "{}", "extra"},
@@ -1221,4 +1238,783 @@ TEST_CASE("plexus-node stops within its bound while metrics clients hold connect
 
     CHECK(n.stop(SIGTERM, 10s) == 0); // killed, and failed, when the bound passes
     CHECK(n.log().find("msg=stopped") != std::string::npos);
+}
+
+// ======================================================================================
+// Discovery: plexus-node and the CLI finding each other by name ([process][discovery]).
+// Every test has a UDP port and a cluster name of its own, never the default port.
+// ======================================================================================
+
+namespace {
+
+std::vector<std::string> cat(std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+// One test's cluster: a free UDP port, a unique name, a short beacon interval.
+struct test_cluster {
+    explicit test_cluster(const char* what, unsigned interval_ms = 250)
+        : port(testutil::free_udp_port()), name(testutil::unique_cluster(what)), interval(interval_ms) {}
+
+    // Options of plexus-node and plexus for this cluster.
+    [[nodiscard]] std::vector<std::string> args(const std::vector<std::string>& more = {}) const {
+        return cat({"--discovery", "on", "--cluster", name, "--discovery-port", std::to_string(port),
+                    "--discovery-interval", std::to_string(interval)},
+                   more);
+    }
+    // The same through the environment (the fallbacks the issue fixes for scripts).
+    [[nodiscard]] env_list env() const {
+        return {{"PLEXUS_DISCOVERY", "on"},
+                {"PLEXUS_CLUSTER", name},
+                {"PLEXUS_DISCOVERY_PORT", std::to_string(port)},
+                {"PLEXUS_DISCOVERY_INTERVAL", std::to_string(interval)}};
+    }
+    // A framework node in this process, in the cluster.
+    [[nodiscard]] plexus::node_options client(std::string node_name) const {
+        auto o = testutil::discovering(std::move(node_name), name, port);
+        o.discovery->interval = ms(interval);
+        return o;
+    }
+
+    std::uint16_t port;
+    std::string name;
+    unsigned interval;
+};
+
+std::set<std::string> names_of(const json& peers) {
+    std::set<std::string> out;
+    for (const auto& p : peers) out.insert(p["name"].get<std::string>());
+    return out;
+}
+
+json line_json(const std::string& l) { return json::accept(l) ? json::parse(l) : json(); }
+
+// Polls a node's log (a file: no event to wait on) until it holds `text`; bounded.
+bool log_has(node_process& n, const std::string& text, ms bound = 10s) {
+    const auto deadline = steady::now() + bound;
+    while (n.log().find(text) == std::string::npos) {
+        if (steady::now() >= deadline) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+    return true;
+}
+
+std::string whoami(plexus::node& client, const plexus::call_options& o = {}) {
+    auto r = client.call_raw("echo", "whoami", "", o);
+    INFO(plexus::to_string(r.status.code) << ": " << r.status.message);
+    REQUIRE(r.ok());
+    return plexus::unpack<std::string>(r.body);
+}
+
+long ms_since(steady::time_point t0, steady::time_point t1 = steady::now()) {
+    return static_cast<long>(std::chrono::duration_cast<ms>(t1 - t0).count());
+}
+
+} // namespace
+
+TEST_CASE("discovery: three plexus-node processes see each other, and calls by name spread over them", "[process][discovery]") {
+    temp_dir dir;
+    const test_cluster cl("three");
+    const std::vector<std::string> names{"d1", "d2", "d3"};
+    std::vector<std::unique_ptr<node_process>> nodes;
+    for (const auto& n : names)
+        nodes.push_back(std::make_unique<node_process>(dir, n, cl.args({"--echo", "--heartbeat-interval", "100"})));
+    CHECK(nodes[0]->ready["discovery"]["cluster"] == cl.name);
+    CHECK(nodes[0]->ready["discovery"]["port"] == cl.port);
+
+    // plexus peers --json, the cluster taken from PLEXUS_CLUSTER / PLEXUS_DISCOVERY_PORT.
+    auto r = plexus_cli({"peers", "--json", "--expect", "3", "--timeout", "8000"}, 15s, {}, cl.env());
+    REQUIRE(r.code == 0);
+    const json peers = r.out_json();
+    REQUIRE(peers.is_array());
+    CHECK(names_of(peers) == std::set<std::string>(names.begin(), names.end()));
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        INFO("peer " << names[i] << ": " << peers.dump());
+        for (const auto& p : peers) {
+            if (p["name"] != names[i]) continue;
+            CHECK(p["id"] == nodes[i]->ready["id"]);
+            CHECK(p["endpoints"]["rpc"] == nodes[i]->rpc);
+            CHECK(p["endpoints"]["pub"] == nodes[i]->pub);
+            CHECK(has(p["services"], "name", "echo"));
+            CHECK(std::find(p["topics"].begin(), p["topics"].end(), "plexus.heartbeat") != p["topics"].end());
+            CHECK(p["incarnation"].get<std::uint64_t>() > 0);
+            CHECK(p["interval_ms"] == cl.interval);
+        }
+    }
+
+    // The table, options on the command line.
+    auto t = plexus_cli(cat({"peers", "--expect", "3", "--timeout", "8000"}, cl.args()), 15s);
+    REQUIRE(t.code == 0);
+    CHECK(t.out.rfind("NAME", 0) == 0);
+    for (const auto& n : names) CHECK(t.out.find("\n" + n + " ") != std::string::npos);
+    CHECK(t.out.find("echo") != std::string::npos);
+
+    // Calls by name from the CLI.
+    const json body = {{"x", 1}, {"y", {"a", nullptr}}};
+    auto c = plexus_cli(cat({"call", "echo.echo", body.dump()}, cl.args()));
+    REQUIRE(c.code == 0);
+    CHECK(c.out_json() == body);
+    auto w = plexus_cli(cat({"call", "echo.whoami"}, cl.args()));
+    REQUIRE(w.code == 0);
+    CHECK(std::find(names.begin(), names.end(), w.out_json().get<std::string>()) != names.end());
+
+    // ping / describe / stats by node name, node id prefix and service name.
+    auto p = plexus_cli(cat({"ping", "d2"}, cl.args()));
+    REQUIRE(p.code == 0);
+    CHECK(p.out_json()["node"] == "d2");
+    auto d = plexus_cli(cat({"describe", nodes[2]->ready["id"].get<std::string>().substr(0, 8)}, cl.args()));
+    REQUIRE(d.code == 0);
+    CHECK(d.out_json()["node"] == "d3");
+    auto st = plexus_cli(cat({"stats", "echo"}, cl.args()));
+    REQUIRE(st.code == 0);
+    CHECK(std::find(names.begin(), names.end(), st.out_json()["node"].get<std::string>()) != names.end());
+
+    // Nothing by that name: UNAVAILABLE (64 + 14) by the timeout, one line.
+    for (const auto& args : std::vector<std::vector<std::string>>{{"ping", "nobody", "--timeout", "500"},
+                                                                  {"call", "ghost.method", "--timeout", "500"}}) {
+        auto u = plexus_cli(cat(args, cl.args()));
+        INFO(u.err);
+        CHECK(u.code == 78);
+        CHECK(u.err_lines().size() == 1);
+    }
+
+    // Round-robin, seen from a framework node in this process: each instance in turn.
+    plexus::node client(cl.client("rr-client"));
+    testutil::signal joins;
+    client.on_peer_event([&](const plexus::discovery::event& e) {
+        if (e.kind == plexus::discovery::event_kind::join && e.node.name.rfind('d', 0) == 0) joins.notify();
+    });
+    client.start();
+    REQUIRE(joins.wait_for_count(3, 10s));
+    std::map<std::string, int> hits;
+    for (int i = 0; i < 30; ++i) ++hits[whoami(client)];
+    CHECK(hits == std::map<std::string, int>{{"d1", 10}, {"d2", 10}, {"d3", 10}});
+
+    // plexus sub PREFIX without an endpoint: events of every publisher of a matching topic.
+    child sub(cat({cli_exe, "sub", "plexus.heartbeat", "--timeout", "20000"}, cl.args()), {});
+    std::set<std::string> sources;
+    auto all = sub.wait_line(
+        [&](const std::string& l) {
+            const json j = line_json(l);
+            if (j.is_object() && j["topic"] == "plexus.heartbeat") sources.insert(j["body"]["name"].get<std::string>());
+            return sources.size() == 3;
+        },
+        10s);
+    INFO("sub stdout: " << sub.out << "\nsub stderr: " << sub.err);
+    CHECK(all.has_value());
+    sub.signal(SIGTERM);
+    CHECK(sub.wait(5s) == 0);
+
+    client.stop();
+    for (auto& n : nodes) CHECK(n->stop() == 0);
+}
+
+TEST_CASE("discovery: SIGKILL of an instance fails the call in flight fast, and the others take over",
+          "[process][discovery][failover]") {
+    temp_dir dir;
+    // A 500 ms interval: expiry (missed x interval) is 1.5 s, so a leave much sooner
+    // than that comes from the broken connection, not from missed beacons.
+    const test_cluster cl("kill", 500);
+    const std::vector<std::string> names{"k1", "k2", "k3"};
+    std::map<std::string, std::unique_ptr<node_process>> nodes;
+    for (const auto& n : names)
+        nodes[n] = std::make_unique<node_process>(dir, n, cl.args({"--echo", "--heartbeat-interval", "0"}));
+
+    std::mutex mu;
+    std::map<std::string, std::pair<steady::time_point, plexus::discovery::leave_reason>> left;
+    testutil::signal joins, leaves;
+    plexus::node client(cl.client("failover-client"));
+    client.on_peer_event([&](const plexus::discovery::event& e) {
+        if (e.node.name.rfind('k', 0) != 0) return;
+        if (e.kind == plexus::discovery::event_kind::join) joins.notify();
+        if (e.kind == plexus::discovery::event_kind::leave) {
+            {
+                std::lock_guard lk(mu);
+                left.emplace(e.node.name, std::make_pair(steady::now(), e.reason));
+            }
+            leaves.notify();
+        }
+    });
+    client.start();
+    REQUIRE(joins.wait_for_count(3, 10s));
+
+    // Round-robin is in turn over a stable list: the fourth call goes where the first went.
+    std::vector<std::string> order;
+    for (int i = 0; i < 3; ++i) order.push_back(whoami(client));
+    REQUIRE(std::set<std::string>(order.begin(), order.end()).size() == 3);
+    const std::string victim = order[0];
+    INFO("victim " << victim);
+
+    auto in_flight = std::async(std::launch::async, [&] {
+        return client.call_raw("echo", "sleep", plexus::pack(std::map<std::string, std::uint64_t>{{"ms", 20000}}),
+                               {.timeout = 15s});
+    });
+    // Make sure it runs on the victim: its stats show the sleep in flight (asked by
+    // endpoint, outside the rotation).
+    bool busy = false;
+    for (const auto deadline = steady::now() + 10s; !busy && steady::now() < deadline;) {
+        auto r = client.call_raw("plexus", "stats", "", {.timeout = 2s, .endpoint = nodes[victim]->rpc});
+        REQUIRE(r.ok());
+        const json stats = json::from_msgpack(r.body);
+        for (const auto& m : stats["methods"])
+            if (m["method"] == "sleep" && m["in_flight"].get<int>() > 0) busy = true;
+    }
+    REQUIRE(busy);
+
+    const auto t0 = steady::now();
+    nodes[victim]->proc().signal(SIGKILL);
+    REQUIRE(in_flight.wait_for(14s) == std::future_status::ready);
+    const auto failed_at = steady::now();
+    const auto rep = in_flight.get();
+    CHECK(rep.status.code == plexus::code::unavailable);
+    CHECK(failed_at - t0 < 10s); // hang guard: its deadline was 15 s
+    REQUIRE(leaves.wait_for_count(1, 10s));
+    std::pair<steady::time_point, plexus::discovery::leave_reason> gone;
+    {
+        std::lock_guard lk(mu);
+        REQUIRE(left.count(victim) == 1);
+        gone = left[victim];
+    }
+    // The client had a connection to it: the break, not the expiry, drops it.
+    CHECK(gone.second == plexus::discovery::leave_reason::dead);
+
+    // Later calls go to the two others.
+    std::map<std::string, int> hits;
+    for (int i = 0; i < 10; ++i) ++hits[whoami(client)];
+    CHECK(hits.count(victim) == 0);
+    CHECK(hits.size() == 2);
+    const auto first_ok = steady::now();
+
+    // The other instances never connected to it: they drop it by expiry.
+    std::vector<std::string> survivors;
+    for (const auto& n : names)
+        if (n != victim) survivors.push_back(n);
+    for (const auto& s : survivors) CHECK(log_has(*nodes[s], "msg=\"peer left\" peer=" + victim));
+    const auto all_dropped = steady::now();
+    WARN("SIGKILL " << victim << ": in-flight call failed " << ms_since(t0, failed_at) << " ms after the kill ("
+                    << rep.status.message << "; deadline 15000 ms); left the calling client's table after "
+                    << ms_since(t0, gone.first) << " ms (reason " << plexus::discovery::to_string(gone.second)
+                    << ", expiry " << 3 * cl.interval << " ms); next 10 calls done " << ms_since(t0, first_ok)
+                    << " ms after; gone from the survivors' tables (expiry, no connection) within "
+                    << ms_since(t0, all_dropped) << " ms");
+    client.stop();
+    for (const auto& s : survivors) CHECK(nodes[s]->stop() == 0);
+}
+
+TEST_CASE("discovery: plexus watch shows a graceful leave, then the restart as a new incarnation", "[process][discovery]") {
+    temp_dir dir;
+    const test_cluster cl("watch");
+    auto w1 = std::make_unique<node_process>(dir, "worker", cl.args({"--heartbeat-interval", "0"}));
+    child watch(cat({cli_exe, "watch", "--json", "--timeout", "30000"}, cl.args()), {});
+    const auto is = [](const char* event, const char* name) {
+        return [=](const std::string& l) {
+            const json j = line_json(l);
+            return j.is_object() && j["event"] == event && j["name"] == name;
+        };
+    };
+    auto join1 = watch.wait_line(is("join", "worker"), 10s);
+    INFO("watch stdout: " << watch.out << "\nwatch stderr: " << watch.err);
+    REQUIRE(join1.has_value());
+    const json j1 = json::parse(*join1);
+    CHECK(j1["id"] == w1->ready["id"]);
+    CHECK(j1["endpoints"]["rpc"] == w1->rpc);
+    CHECK(j1["ts"].is_string());
+
+    CHECK(w1->stop(SIGTERM) == 0);
+    auto leave = watch.wait_line(is("leave", "worker"), 10s);
+    REQUIRE(leave.has_value());
+    const json l1 = json::parse(*leave);
+    CHECK(l1["reason"] == "graceful");
+    CHECK(l1["incarnation"] == j1["incarnation"]);
+    w1.reset();
+
+    node_process w2(dir, "worker", cl.args({"--heartbeat-interval", "0"}));
+    auto join2 = watch.wait_line(is("join", "worker"), 10s);
+    REQUIRE(join2.has_value());
+    const json j2 = json::parse(*join2);
+    CHECK(j2["incarnation"].get<std::uint64_t>() > j1["incarnation"].get<std::uint64_t>());
+    CHECK(j2["id"] == w2.ready["id"]);
+    watch.signal(SIGTERM);
+    CHECK(watch.wait(5s) == 0);
+
+    // The text form; --count ends it. The nodes already there come first, as joins.
+    auto once = plexus_cli(cat({"watch", "--count", "1", "--timeout", "8000"}, cl.args()));
+    REQUIRE(once.code == 0);
+    CHECK(std::count(once.out.begin(), once.out.end(), '\n') == 1);
+    CHECK(once.out.find(" join ") != std::string::npos);
+    CHECK(once.out.find(" worker ") != std::string::npos);
+    // Fewer than --count events by --timeout: 64 + DEADLINE_EXCEEDED.
+    auto few = plexus_cli(cat({"watch", "--count", "5", "--timeout", "500"}, cl.args()));
+    CHECK(few.code == 68);
+    CHECK(few.err_lines().size() == 1);
+    CHECK(w2.stop() == 0);
+}
+
+TEST_CASE("discovery: a node of another cluster on the same port is not listed", "[process][discovery]") {
+    temp_dir dir;
+    const test_cluster a("iso-a");
+    test_cluster b("iso-b");
+    b.port = a.port;
+    node_process na(dir, "in-a", a.args({"--echo", "--heartbeat-interval", "0"}));
+    node_process nb(dir, "in-b", b.args({"--heartbeat-interval", "0"}));
+    // Each cluster first shows its own node; then, over three more intervals (an
+    // observation window: absence has no event), never the other.
+    for (const test_cluster* cl : {&a, static_cast<const test_cluster*>(&b)}) {
+        auto r = plexus_cli(cat({"peers", "--json", "--expect", "1", "--timeout", "8000"}, cl->args()));
+        REQUIRE(r.code == 0);
+        auto w = plexus_cli(cat({"peers", "--json", "--wait", "750"}, cl->args()));
+        REQUIRE(w.code == 0);
+        CHECK(names_of(w.out_json()) == std::set<std::string>{std::string(cl == &a ? "in-a" : "in-b")});
+    }
+    auto call = plexus_cli(cat({"call", "echo.whoami", "--timeout", "1000"}, b.args()));
+    CHECK(call.code == 78); // only cluster a serves echo
+    auto ok = plexus_cli(cat({"call", "echo.whoami"}, a.args()));
+    REQUIRE(ok.code == 0);
+    CHECK(ok.out_json() == "in-a");
+    CHECK(na.log().find("peer=in-b") == std::string::npos);
+    CHECK(nb.log().find("peer=in-a") == std::string::npos);
+}
+
+TEST_CASE("discovery: with broadcast off, nodes seeded one by another converge by gossip", "[process][discovery]") {
+    temp_dir dir;
+    const test_cluster cl("seeds");
+    // Each node its own discovery port (0: a free one, read from the ready file), no
+    // broadcast: only seeds and gossip can bring them together.
+    const auto opts = [&](const std::vector<std::string>& more) {
+        return cat({"--discovery", "on", "--cluster", cl.name, "--discovery-port", "0", "--discovery-interval", "250",
+                    "--no-broadcast", "--echo", "--heartbeat-interval", "0"},
+                   more);
+    };
+    const auto port_of_node = [](const node_process& n) {
+        const int p = n.ready["discovery"]["port"].get<int>();
+        REQUIRE(p > 0);
+        return "127.0.0.1:" + std::to_string(p);
+    };
+    node_process s1(dir, "s1", opts({}));
+    node_process s2(dir, "s2", opts({"--seed", port_of_node(s1)}));
+    node_process s3(dir, "s3", opts({"--seed", port_of_node(s2)}));
+
+    // s1 never heard of s3 directly (s3 seeds s2): gossip brings them together.
+    CHECK(log_has(s1, "msg=\"peer joined\" peer=s3"));
+    CHECK(log_has(s3, "msg=\"peer joined\" peer=s1"));
+
+    // The CLI seeds s1 only and sees all three.
+    const std::vector<std::string> cli_opts{"--discovery", "on", "--cluster", cl.name, "--discovery-port", "0", "--discovery-interval",
+                                            "250", "--no-broadcast", "--seed", port_of_node(s1)};
+    auto r = plexus_cli(cat({"peers", "--json", "--expect", "3", "--timeout", "8000"}, cli_opts));
+    REQUIRE(r.code == 0);
+    CHECK(names_of(r.out_json()) == std::set<std::string>{"s1", "s2", "s3"});
+    auto c = plexus_cli(cat({"call", "echo.whoami"}, cli_opts));
+    REQUIRE(c.code == 0);
+    CHECK(c.out_json().is_string());
+
+    // A framework node seeding s3 only reaches all three by name, in turn.
+    auto o = cl.client("seeded-client");
+    o.discovery->port = 0;
+    o.discovery->broadcast.clear();
+    o.discovery->seeds = {port_of_node(s3)};
+    plexus::node client(o);
+    testutil::signal joins;
+    client.on_peer_event([&](const plexus::discovery::event& e) {
+        if (e.kind == plexus::discovery::event_kind::join) joins.notify();
+    });
+    client.start();
+    REQUIRE(joins.wait_for_count(3, 10s));
+    std::set<std::string> answered;
+    for (int i = 0; i < 3; ++i) answered.insert(whoami(client));
+    CHECK(answered == std::set<std::string>{"s1", "s2", "s3"});
+    client.stop();
+}
+
+TEST_CASE("discovery: --multicast GROUP@127.0.0.1:0 instead of broadcast, on this host only", "[process][discovery]") {
+    temp_dir dir;
+    const test_cluster cl("mcast");
+    const std::string group = "239.255.81." + std::to_string(1 + ::getpid() % 250) + "@127.0.0.1:0";
+    const auto args = cl.args({"--no-broadcast", "--multicast", group});
+    node_process m1(dir, "m1", cat(args, {"--echo", "--heartbeat-interval", "0"}));
+    node_process m2(dir, "m2", cat(args, {"--echo", "--heartbeat-interval", "0"}));
+    auto r = plexus_cli(cat({"peers", "--json", "--expect", "2", "--timeout", "8000"}, args));
+    REQUIRE(r.code == 0);
+    CHECK(names_of(r.out_json()) == std::set<std::string>{"m1", "m2"});
+    CHECK(m1.stop() == 0);
+    CHECK(m2.stop() == 0);
+}
+
+TEST_CASE("discovery: usage errors of the discovery options exit 2", "[process][discovery]") {
+    CHECK(exit_of({"--discovery", "maybe"}) == 2);
+    CHECK(exit_of({"--discovery", "on", "--broadcast", "10.200.0.255", "--no-broadcast"}) == 2);
+    CHECK(exit_of({"--discovery", "on", "--seed", "127.0.0.1:notaport"}) == 2);
+    CHECK(exit_of({"--discovery", "on", "--multicast", "10.0.0.1"}) == 2); // not a multicast group
+    CHECK(exit_of({"--discovery", "on", "--discovery-interval", "1"}) == 2);
+    CHECK(exit_of({"--discovery", "on", "--cluster", ""}) == 2);
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"peers", "--discovery", "off"},
+             {"watch", "--discovery", "off"},
+             {"call", "echo.echo", "--discovery", "off"},
+             {"ping", "somenode", "--discovery", "off"},
+             {"ping"},
+             {"peers", "--wait", "10", "--expect", "1"},
+             {"peers", "--cluster", ""},
+         }) {
+        auto r = plexus_cli(args);
+        INFO(r.err);
+        CHECK(r.code == 2);
+        CHECK(r.err_lines().size() == 1);
+    }
+}
+
+// --- several hosts -----------------------------------------------------------------------
+
+namespace {
+
+int sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+const std::string ip_exe = "/usr/sbin/ip";
+
+// Three namespaces a, b, c on a bridge living in a fourth, addresses 10.200.7.1-3/24,
+// named with this process' id; removed by the destructor (also when a test fails),
+// leftovers of a crashed earlier run by the constructor.
+class netns_lan {
+public:
+    static constexpr const char* subnet = "10.200.7.";
+
+    netns_lan() : prefix_("plxp" + std::to_string(::getpid())) {
+        remove_stale();
+        if (sh("ip netns add " + prefix_ + "br") != 0) return;
+        created_.push_back(prefix_ + "br");
+        bool ok = sh("ip -n " + prefix_ + "br link add br0 type bridge") == 0 &&
+                  sh("ip -n " + prefix_ + "br link set br0 up") == 0;
+        for (char h : {'a', 'b', 'c'}) {
+            if (!ok) break;
+            const std::string ns = this->ns(h), veth = "vp" + std::to_string(::getpid()) + h;
+            ok = sh("ip netns add " + ns) == 0;
+            if (ok) created_.push_back(ns);
+            ok = ok && sh("ip -n " + ns + " link set lo up") == 0 &&
+                 sh("ip -n " + ns + " link add eth0 type veth peer name " + veth + " netns " + prefix_ + "br") == 0 &&
+                 sh("ip -n " + prefix_ + "br link set " + veth + " master br0") == 0 &&
+                 sh("ip -n " + prefix_ + "br link set " + veth + " up") == 0 &&
+                 sh("ip -n " + ns + " addr add " + address(h) + "/24 brd + dev eth0") == 0 &&
+                 sh("ip -n " + ns + " link set eth0 up") == 0;
+        }
+        ok_ = ok;
+    }
+    ~netns_lan() {
+        for (auto it = created_.rbegin(); it != created_.rend(); ++it) sh("ip netns del " + *it);
+    }
+    netns_lan(const netns_lan&) = delete;
+    netns_lan& operator=(const netns_lan&) = delete;
+
+    [[nodiscard]] bool ok() const { return ok_; }
+    [[nodiscard]] std::string ns(char host) const { return prefix_ + host; }
+    [[nodiscard]] static std::string address(char host) { return subnet + std::to_string(host - 'a' + 1); }
+    [[nodiscard]] std::vector<std::string> exec_in(char host) const { return {ip_exe, "netns", "exec", ns(host)}; }
+
+private:
+    static void remove_stale() {
+        FILE* f = ::popen("ip netns list 2>/dev/null", "r");
+        if (!f) return;
+        char line[256];
+        std::vector<std::string> stale;
+        while (std::fgets(line, sizeof line, f)) {
+            std::string name = line;
+            name = name.substr(0, name.find_first_of(" \n"));
+            if (name.rfind("plxp", 0) != 0) continue;
+            std::size_t i = 4;
+            while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
+            const auto rest = name.substr(i);
+            if (i == 4 || (rest != "a" && rest != "b" && rest != "c" && rest != "br")) continue;
+            const pid_t pid = static_cast<pid_t>(std::stol(name.substr(4, i - 4)));
+            if (::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
+        }
+        ::pclose(f);
+        for (const auto& n : stale) sh("ip netns del " + n);
+    }
+
+    std::string prefix_;
+    std::vector<std::string> created_;
+    bool ok_ = false;
+};
+
+} // namespace
+
+TEST_CASE("discovery: plexus-node in three network namespaces find and call each other by LAN broadcast",
+          "[process][discovery][netns]") {
+    if (::geteuid() != 0 || sh("ip netns list") != 0) {
+        WARN("SKIPPED: network namespaces need root and iproute2 (`ip`); this test did not run");
+        return;
+    }
+    temp_dir dir;
+    netns_lan lan; // before the nodes: removed after they are gone
+    if (!lan.ok()) {
+        WARN("SKIPPED: could not create network namespaces here (ip netns add failed); this test did not run");
+        return;
+    }
+    const test_cluster cl("lan");
+    const std::string lan_broadcast = std::string(netns_lan::subnet) + "255";
+    const auto t0 = steady::now();
+    std::vector<std::unique_ptr<node_process>> nodes;
+    for (char h : {'a', 'b', 'c'})
+        nodes.push_back(std::make_unique<node_process>(
+            dir, std::string("host-") + h,
+            cl.args({"--echo", "--heartbeat-interval", "0", "--bind", "tcp://0.0.0.0:*", "--pub-bind", "tcp://0.0.0.0:*",
+                     "--broadcast", lan_broadcast}),
+            env_list{}, true, lan.exec_in(h)));
+    for (auto& n : nodes) CHECK(n->log().find("cannot call it") == std::string::npos); // no loopback warning
+    {
+        // Beacons on the LAN but the RPC endpoint on 127.0.0.1 (the default bind): a warning.
+        node_process lo(dir, "loopback-a", cl.args({"--heartbeat-interval", "0", "--broadcast", lan_broadcast}), env_list{},
+                        true, lan.exec_in('a'));
+        CHECK(log_has(lo, "cannot call it"));
+        CHECK(lo.stop() == 0);
+    }
+
+    // From host a: all three, each at its LAN address.
+    const auto lan_args = cl.args({"--broadcast", lan_broadcast});
+    auto r = plexus_cli(cat({"peers", "--json", "--expect", "3", "--timeout", "8000"}, lan_args), 15s, {}, {},
+                        lan.exec_in('a'));
+    REQUIRE(r.code == 0);
+    WARN("namespaces: three plexus-node processes launched and seen from host a " << ms_since(t0) << " ms after the first launch");
+    const json peers = r.out_json();
+    CHECK(names_of(peers) == std::set<std::string>{"host-a", "host-b", "host-c"});
+    for (const auto& p : peers) {
+        const char h = p["name"].get<std::string>().back();
+        INFO(p.dump());
+        CHECK(p["endpoints"]["rpc"].get<std::string>().rfind("tcp://" + netns_lan::address(h) + ":", 0) == 0);
+    }
+
+    // Calls by name across the hosts: by node name, and by service.
+    for (auto [from, to] : std::vector<std::pair<char, std::string>>{{'a', "host-b"}, {'b', "host-c"}, {'c', "host-a"}}) {
+        auto p = plexus_cli(cat({"ping", to}, lan_args), 15s, {}, {}, lan.exec_in(from));
+        INFO("from host-" << from << " to " << to << ": " << p.err);
+        REQUIRE(p.code == 0);
+        CHECK(p.out_json()["node"] == to);
+    }
+    auto c = plexus_cli(cat({"call", "echo.echo", R"({"from":"c"})"}, lan_args), 15s, {}, {}, lan.exec_in('c'));
+    REQUIRE(c.code == 0);
+    CHECK(c.out_json() == json{{"from", "c"}});
+    for (auto& n : nodes) CHECK(n->stop() == 0);
+}
+
+// --- figures (hidden: run with `plexus_process_tests "[.figures]"`; benchmarks, not tests) ----
+
+namespace {
+
+struct summary {
+    std::vector<double> v;
+    void add(double x) { v.push_back(x); }
+    [[nodiscard]] std::string text(const char* unit) {
+        std::sort(v.begin(), v.end());
+        if (v.empty()) return "none";
+        std::ostringstream o;
+        o << std::fixed;
+        o.precision(1);
+        o << "median " << v[v.size() / 2] << ' ' << unit << ", min " << v.front() << ", max " << v.back() << " (n=" << v.size()
+          << ")";
+        return o.str();
+    }
+};
+
+double ms_between(steady::time_point a, steady::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+} // namespace
+
+TEST_CASE("figures: start of a node to the first call by name from a peer", "[.figures]") {
+    const test_cluster cl("fig-start", 1000);
+    plexus::node peer(cl.client("peer"));
+    std::mutex mu;
+    std::map<std::string, steady::time_point> joined;
+    testutil::signal joins;
+    peer.on_peer_event([&](const plexus::discovery::event& e) {
+        if (e.kind != plexus::discovery::event_kind::join) return;
+        {
+            std::lock_guard lk(mu);
+            joined[e.node.name] = steady::now();
+        }
+        joins.notify();
+    });
+    peer.start();
+    summary in_process, to_join, as_process;
+    for (int i = 0; i < 20; ++i) {
+        const std::string name = "fig-" + std::to_string(i), service = "svc" + std::to_string(i);
+        plexus::node x(cl.client(name));
+        x.serve(service).raw_method("m", [](plexus::request&) { return std::string("ok"); });
+        const int before = joins.count();
+        const auto t0 = steady::now();
+        x.start();
+        REQUIRE(joins.wait_for_count(before + 1, 5s));
+        auto r = peer.call_raw(service, "m", "");
+        const auto t1 = steady::now();
+        REQUIRE(r.ok());
+        in_process.add(ms_between(t0, t1));
+        std::lock_guard lk(mu);
+        to_join.add(ms_between(t0, joined[name]));
+    }
+    temp_dir dir;
+    for (int i = 0; i < 10; ++i) {
+        const std::string name = "figp-" + std::to_string(i);
+        const int before = joins.count();
+        const auto t0 = steady::now();
+        child proc(cat({node_exe, "--name", name, "--echo", "--heartbeat-interval", "0", "--log-level", "warn"}, cl.args()),
+                   {.env = {}, .stdin_data = {}, .stderr_file = dir.file(name + ".log")});
+        REQUIRE(joins.wait_for_count(before + 1, 5s));
+        auto r = peer.call_raw("echo", "whoami", "");
+        const auto t1 = steady::now();
+        REQUIRE(r.ok());
+        as_process.add(ms_between(t0, t1));
+        proc.signal(SIGTERM);
+        CHECK(proc.wait(5s) == 0);
+    }
+    WARN("start -> first successful call by name from a peer, framework node in this process: "
+         << in_process.text("ms") << "; start -> join seen by the peer: " << to_join.text("ms")
+         << "; plexus-node process (fork+exec included): " << as_process.text("ms"));
+}
+
+TEST_CASE("figures: SIGKILL to leaving the peer tables and to the fail-fast error", "[.figures]") {
+    const test_cluster cl("fig-kill", 1000); // default interval and missed: expiry 3 s
+    temp_dir dir;
+    summary fail_sync, fail_async, leave_sync, leave_async, leave_idle, leave_none;
+    for (int i = 0; i < 5; ++i) {
+        const std::string victim = "victim-" + std::to_string(i);
+        node_process v(dir, victim, cl.args({"--echo", "--heartbeat-interval", "0"}));
+        // c0: a synchronous call in flight; c1: an asynchronous one; c2: an idle
+        // connection (its stats calls); c3: never called it.
+        std::mutex mu;
+        std::map<int, steady::time_point> left;
+        testutil::signal joins, leaves;
+        std::vector<std::unique_ptr<plexus::node>> clients;
+        for (int c = 0; c < 4; ++c) {
+            clients.push_back(std::make_unique<plexus::node>(cl.client("c" + std::to_string(c))));
+            clients.back()->on_peer_event([&, c](const plexus::discovery::event& e) {
+                if (e.node.name != victim) return;
+                if (e.kind == plexus::discovery::event_kind::join) joins.notify();
+                if (e.kind == plexus::discovery::event_kind::leave) {
+                    {
+                        std::lock_guard lk(mu);
+                        left[c] = steady::now();
+                    }
+                    leaves.notify();
+                }
+            });
+            clients.back()->start();
+        }
+        REQUIRE(joins.wait_for_count(4, 5s));
+        const auto sleep_body = plexus::pack(std::map<std::string, int>{{"ms", 20000}});
+        auto sync_call = std::async(std::launch::async, [&] {
+            return clients[0]->call_raw("echo", "sleep", sleep_body, {.timeout = 15s});
+        });
+        auto async_call = clients[1]->call_async("echo", "sleep", sleep_body, {.timeout = 15s});
+        bool busy = false;
+        for (const auto deadline = steady::now() + 5s; !busy && steady::now() < deadline;) {
+            auto r = clients[2]->call_raw("plexus", "stats", "", {.timeout = 2s, .endpoint = v.rpc});
+            REQUIRE(r.ok());
+            const json stats = json::from_msgpack(r.body);
+            for (const auto& m : stats["methods"])
+                if (m["method"] == "sleep" && m["in_flight"].get<int>() == 2) busy = true;
+        }
+        REQUIRE(busy);
+        const auto t0 = steady::now();
+        v.proc().signal(SIGKILL);
+        REQUIRE(async_call.wait_for(14s) == std::future_status::ready);
+        const auto async_done = steady::now();
+        REQUIRE(sync_call.wait_for(14s) == std::future_status::ready);
+        const auto sync_done = steady::now();
+        CHECK(sync_call.get().status.code == plexus::code::unavailable);
+        CHECK(async_call.get().status.code == plexus::code::unavailable);
+        fail_sync.add(ms_between(t0, sync_done));
+        fail_async.add(ms_between(t0, async_done));
+        REQUIRE(leaves.wait_for_count(4, 10s));
+        std::lock_guard lk(mu);
+        leave_sync.add(ms_between(t0, left[0]));
+        leave_async.add(ms_between(t0, left[1]));
+        leave_idle.add(ms_between(t0, left[2]));
+        leave_none.add(ms_between(t0, left[3]));
+    }
+    WARN("SIGKILL -> call in flight fails UNAVAILABLE: synchronous " << fail_sync.text("ms") << "; asynchronous "
+         << fail_async.text("ms") << ". SIGKILL -> gone from the peer table of: the synchronous caller "
+         << leave_sync.text("ms") << "; the asynchronous caller " << leave_async.text("ms")
+         << "; a peer with an idle connection " << leave_idle.text("ms")
+         << "; a peer that never called it (expiry, 3 x 1000 ms) " << leave_none.text("ms"));
+}
+
+TEST_CASE("figures: 50 nodes on one host converge, and beacon bytes per node per second", "[.figures]") {
+    const test_cluster cl("fig-50", 1000);
+    constexpr int n = 50;
+    std::vector<std::unique_ptr<plexus::node>> nodes;
+    std::vector<std::unique_ptr<std::atomic<int>>> seen;
+    testutil::signal converged;
+    std::mutex mu;
+    steady::time_point last_converged{};
+    for (int i = 0; i < n; ++i) {
+        auto o = cl.client("n" + std::to_string(i));
+        o.workers = 1;
+        nodes.push_back(std::make_unique<plexus::node>(o));
+        nodes.back()->serve("svc" + std::to_string(i % 5)).version("1.0").raw_method("m", [](plexus::request&) {
+            return std::string();
+        });
+        nodes.back()->declare_topic("topic." + std::to_string(i));
+        seen.push_back(std::make_unique<std::atomic<int>>(0));
+        nodes.back()->on_peer_event([&, c = seen.back().get()](const plexus::discovery::event& e) {
+            if (e.kind == plexus::discovery::event_kind::join && ++*c == n - 1) {
+                {
+                    std::lock_guard lk(mu);
+                    last_converged = steady::now();
+                }
+                converged.notify();
+            }
+        });
+    }
+    const auto t0 = steady::now();
+    for (auto& node : nodes) node->start();
+    const auto started = steady::now();
+    REQUIRE(converged.wait_for_count(n, 10s));
+    double all_ms;
+    {
+        std::lock_guard lk(mu);
+        all_ms = ms_between(t0, last_converged);
+    }
+    // A listener on the shared port, bound after the joins, counts what is broadcast
+    // (unicast answers go to the nodes' own sockets and are not counted: they happen at
+    // joins only).
+    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(cl.port);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+
+    // Beacon bytes over 5 s of steady state.
+    std::uint64_t bytes = 0, datagrams = 0;
+    std::map<std::string, int> kinds;
+    const auto w0 = steady::now();
+    while (steady::now() - w0 < 5s) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        char buf[2048];
+        const auto got = ::recv(fd, buf, sizeof buf, 0);
+        if (got > 0) {
+            bytes += static_cast<std::uint64_t>(got);
+            ++datagrams;
+            plexus::discovery::beacon b;
+            const auto* u = reinterpret_cast<const std::uint8_t*>(buf);
+            if (plexus::discovery::decode(std::span<const std::uint8_t>(u, static_cast<std::size_t>(got)), b) ==
+                plexus::discovery::decode_error::none)
+                ++kinds[(b.flags & plexus::discovery::flag_broadcast ? "broadcast" : "unicast") + std::string(b.gossip.empty() ? "" : "+gossip")];
+        }
+    }
+    const double secs = std::chrono::duration<double>(steady::now() - w0).count();
+    ::close(fd);
+    for (auto& node : nodes) CHECK(node->peers().size() == n - 1);
+    WARN(n << " framework nodes in one process (1 s interval): all " << n << " see the other " << n - 1 << " "
+           << all_ms << " ms after the first start() (the " << n << " start() calls took " << ms_between(t0, started)
+           << " ms); steady state: " << static_cast<double>(bytes) / n / secs << " beacon bytes per node per second ("
+           << static_cast<double>(datagrams) / n / secs << " datagrams, " << (datagrams ? bytes / datagrams : 0)
+           << " bytes each; a node with rpc+pub endpoints, one service, one topic)");
+    for (const auto& [k, c] : kinds) WARN(k << ": " << c << " datagrams in " << secs << " s");
+    for (auto& node : nodes) node->stop();
 }

@@ -331,7 +331,8 @@ agent_impl::agent_impl(beacon_options o) : opt(std::move(o)) {
         bad("max_datagram must be 1000..1400");
 
     for (const auto& b : opt.broadcast) bcast_.push_back(resolve(b, opt.port, "broadcast address"));
-    for (const auto& s : opt.seeds) seeds_.push_back(resolve(s, default_port, "seed"));
+    // A seed without a port is on our own discovery port.
+    for (const auto& s : opt.seeds) seeds_.push_back(resolve(s, opt.port ? opt.port : default_port, "seed"));
     for (const auto& sa : bcast_) loopback_only_ = loopback_only_ && is_loopback(sa.sin_addr);
     for (const auto& sa : seeds_) loopback_only_ = loopback_only_ && is_loopback(sa.sin_addr);
     if (opt.multicast) {
@@ -390,6 +391,11 @@ void agent_impl::start() {
     any.sin_port = htons(opt.port);
     if (::bind(l.get(), reinterpret_cast<sockaddr*>(&any), sizeof any) != 0)
         throw_errno("bind 0.0.0.0:" + std::to_string(opt.port));
+#ifdef IP_MULTICAST_ALL
+    // Linux delivers to a wildcard listener the multicast of every group any socket on
+    // the host joined on this port; only the groups this agent joins are its scope.
+    set_int(l.get(), IPPROTO_IP, IP_MULTICAST_ALL, 0, "IP_MULTICAST_ALL");
+#endif
     socklen_t len = sizeof any;
     ::getsockname(l.get(), reinterpret_cast<sockaddr*>(&any), &len);
     port = ntohs(any.sin_port);

@@ -2,9 +2,9 @@
 // and out; exit codes a script can trust (see usage()); every error one line on stderr.
 //
 // It runs a client-only plexus::node (no RPC or event endpoint bound) and talks to
-// the node given as ENDPOINT. The endpoint is recognised by its scheme, so that once
-// discovery lands `plexus call service.method ...` can resolve the service by name
-// without changing the other arguments.
+// the node given as ENDPOINT, recognised by its scheme. Without one, the client node
+// runs discovery (same --cluster / --discovery-port ... options as plexus-node) and
+// resolves the service or node by name; `peers` and `watch` show its peer table.
 #include <plexus/node.hpp>
 
 #include <cerrno>
@@ -17,6 +17,7 @@
 #include <iostream>
 #include <iterator>
 #include <mutex>
+#include <random>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include "discovery_options.hpp"
 #include "json_msgpack.hpp"
 #include "logfmt.hpp"
 #include "options.hpp"
@@ -62,29 +64,51 @@ struct cli {
     bool compact = false;
     std::int64_t max_message_size = 4 * 1024 * 1024;
     plexus::log_level log = plexus::log_level::off;
+    std::optional<plexus::discovery::beacon_options> discovery; // nullopt: --discovery off
+    bool json_out = false;                                      // peers, watch: --json
+    std::optional<unsigned> wait_ms;                            // peers: --wait
+    std::optional<unsigned> expect;                             // peers: --expect
 };
 
+namespace disc = plexus::discovery;
+
 void usage(std::ostream& out, const po::options_description& d) {
-    out << "Usage: plexus COMMAND [ENDPOINT] [ARGS...] [OPTIONS]\n"
+    out << "Usage: plexus COMMAND [ENDPOINT|NAME] [ARGS...] [OPTIONS]\n"
            "\n"
            "Commands:\n"
-           "  call ENDPOINT SERVICE.METHOD [JSON|-]  call a method; prints the reply body as JSON.\n"
+           "  call [ENDPOINT] SERVICE.METHOD [JSON|-]  call a method; prints the reply body as JSON.\n"
            "                                         JSON is the request body (`-`: read it from stdin;\n"
            "                                         none: an empty body). METHOD is what follows the\n"
-           "                                         last dot.\n"
-           "  pub ENDPOINT TOPIC [JSON|-]            publish an event through the node (plexus.publish;\n"
+           "                                         last dot. Without ENDPOINT: any live instance of\n"
+           "                                         SERVICE, found through discovery.\n"
+           "  pub TARGET TOPIC [JSON|-]              publish an event through the node (plexus.publish;\n"
            "                                         the node must run with --allow-publish); prints {\"seq\":N}\n"
-           "  sub ENDPOINT [PREFIX]                  subscribe to the node's events whose topic starts with\n"
-           "  sub --pub-endpoint EP [PREFIX]         PREFIX (default: all); one JSON line per event:\n"
-           "                                         {\"topic\",\"seq\",\"source\"(hex),\"headers\",\"body\"}\n"
-           "  describe ENDPOINT                      the node's services, methods, topics (plexus.describe)\n"
-           "  ping ENDPOINT                          plexus.ping's reply plus \"rtt_us\", the round trip\n"
-           "  stats ENDPOINT                         the node's counters (plexus.stats): per method calls,\n"
+           "  sub [ENDPOINT] [PREFIX]                events whose topic starts with PREFIX (default: all), one\n"
+           "  sub --pub-endpoint EP [PREFIX]         JSON line each: {\"topic\",\"seq\",\"source\"(hex),\"headers\",\n"
+           "                                         \"body\"}. From the node at ENDPOINT; without one, from\n"
+           "                                         every publisher of a matching topic that discovery shows,\n"
+           "                                         now or later\n"
+           "  describe TARGET                        the node's services, methods, topics (plexus.describe)\n"
+           "  ping TARGET                            plexus.ping's reply plus \"rtt_us\", the round trip\n"
+           "  stats TARGET                           the node's counters (plexus.stats): per method calls,\n"
            "                                         errors, errors_by_code, in_flight, p50_us/p90_us/p99_us;\n"
            "                                         per topic published, dropped, received, gaps\n"
+           "  peers                                  the nodes discovery sees: name, id, services (@version),\n"
+           "                                         endpoints, age (time since its last beacon); --json: an\n"
+           "                                         array of {name,id,incarnation,services,topics,endpoints,\n"
+           "                                         address,interval_ms,age_ms}\n"
+           "  watch                                  join, update and leave events as they happen, one line\n"
+           "                                         each (--json: JSON lines {ts,event,reason,name,id,...}),\n"
+           "                                         until --count events, --timeout or SIGINT/SIGTERM. The\n"
+           "                                         nodes already there come first, as joins.\n"
            "\n"
-           "ENDPOINT is a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME. (Resolving a\n"
-           "service by name without an endpoint needs discovery, which this build does not have yet.)\n"
+           "ENDPOINT is a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME. TARGET is an\n"
+           "ENDPOINT, or a NAME resolved through discovery: a node name, a service name (any instance)\n"
+           "or a node id prefix (4+ hex digits), waited for up to --timeout.\n"
+           "\n"
+           "Discovery: the client joins the cluster as a node named plexus-cli that serves nothing,\n"
+           "only when a command names no ENDPOINT. Defaults stay on this host (cluster \"plexus\",\n"
+           "UDP port 5690, beacons to 127.255.255.255); use the same options as the nodes.\n"
            "\n"
         << d
         << "\n"
@@ -93,7 +117,11 @@ void usage(std::ostream& out, const po::options_description& d) {
            "a non-string map key -> its JSON text; an empty body -> null; a body that is not one\n"
            "MessagePack value -> base64 string of its bytes.\n"
            "\n"
-           "sub ends after --count events (exit 0), or at --timeout: exit 0 without --count, 68\n"
+           "peers prints once no new node has shown up for 2 beacon intervals (at most 500 ms), or\n"
+           "as soon as --expect N nodes are seen (fewer by --timeout: prints them, exit 68), or after\n"
+           "exactly --wait MS. Bounded by --timeout (default 5000).\n"
+           "\n"
+           "sub and watch end after --count events (exit 0), or at --timeout: exit 0 without --count, 68\n"
            "(DEADLINE_EXCEEDED) when fewer than --count events came. SIGINT/SIGTERM end it like the\n"
            "timeout. Without --timeout it runs until --count events or a signal. Events published\n"
            "before the subscription reaches the publisher are not received (ZeroMQ slow joiner).\n"
@@ -108,10 +136,23 @@ void usage(std::ostream& out, const po::options_description& d) {
             << plexus::to_string(static_cast<plexus::code>(c));
         if (c % 3 == 0 || c == 17) out << '\n';
     }
-    out << "\nExamples:\n"
+    out << "\nEnvironment: the discovery options fall back to PLEXUS_DISCOVERY, PLEXUS_CLUSTER,\n"
+           "PLEXUS_DISCOVERY_PORT, PLEXUS_DISCOVERY_INTERVAL, PLEXUS_DISCOVERY_MISSED, PLEXUS_BROADCAST,\n"
+           "PLEXUS_NO_BROADCAST, PLEXUS_MULTICAST, PLEXUS_SEED, PLEXUS_ADVERTISE (lists comma-separated).\n"
+           "\nExamples:\n"
+           "  plexus call echo.echo '{\"hello\":\"world\"}'                  # any live instance of echo\n"
+           "  plexus peers --cluster prod --discovery-port 5690\n"
+           "  plexus watch --json --count 1 --timeout 10000\n"
+           "  plexus ping orders                                          # a node or service named orders\n"
+           "  plexus sub orders. --count 1 --timeout 10000                # every publisher of orders.*\n"
            "  plexus call tcp://127.0.0.1:5555 echo.echo '{\"hello\":\"world\"}' -H user-id=42\n"
            "  echo '{\"ms\":10}' | plexus call tcp://127.0.0.1:5555 echo.sleep - --timeout 500\n"
            "  plexus sub tcp://127.0.0.1:5555 orders. --count 1 --timeout 10000\n";
+}
+
+po::options_description discovery_description() {
+    return pn::discovery_options("resolve names through discovery when a command names no ENDPOINT "
+                                 "(off: an ENDPOINT is required; peers and watch need it on)");
 }
 
 po::options_description describe_options() {
@@ -123,8 +164,12 @@ po::options_description describe_options() {
         ("header,H", po::value<std::vector<std::string>>()->value_name("KEY=VALUE"),
             "request header (call, pub; repeatable); the event carries pub's headers")
         ("timeout,t", po::value<unsigned>()->value_name("MS"),
-            "call: reply deadline (default 5000); sub: how long to listen (default: no limit)")
-        ("count,n", po::value<unsigned>()->value_name("N"), "sub: exit after N events")
+            "call, pub, ping, describe, stats: reply deadline (default 5000), and by NAME also the bound on "
+            "finding it; sub, watch: how long to listen (default: no limit); peers: bound on the wait (default 5000)")
+        ("count,n", po::value<unsigned>()->value_name("N"), "sub, watch: exit after N events")
+        ("json", po::bool_switch(), "peers: a JSON array instead of a table; watch: JSON lines")
+        ("wait", po::value<unsigned>()->value_name("MS"), "peers: watch the cluster for exactly MS, then print")
+        ("expect", po::value<unsigned>()->value_name("N"), "peers: print as soon as N nodes are seen")
         ("pub-endpoint", po::value<std::vector<std::string>>()->value_name("EP"),
             "sub: subscribe to this publisher endpoint directly instead of asking ENDPOINT (repeatable)")
         ("compact,c", po::bool_switch(), "print JSON on one line")
@@ -133,6 +178,7 @@ po::options_description describe_options() {
         ("log-level", po::value<std::string>()->default_value("off")->value_name("LEVEL"),
             "the client node's log lines on stderr: trace|debug|info|warn|error|off");
     // clang-format on
+    d.add(discovery_description());
     return d;
 }
 
@@ -146,6 +192,9 @@ std::optional<cli> parse(int argc, char** argv) {
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
+        // Only the discovery options fall back to the environment (PLEXUS_CLUSTER, ...).
+        const auto disc_desc = discovery_description();
+        po::store(po::parse_environment(disc_desc, pn::env_name_mapper(disc_desc)), vm);
         po::notify(vm);
     } catch (const po::error& e) {
         throw usage_error(e.what());
@@ -160,7 +209,7 @@ std::optional<cli> parse(int argc, char** argv) {
     }
     cli c;
     if (vm.count("args")) c.args = vm["args"].as<std::vector<std::string>>();
-    if (c.args.empty()) throw usage_error("no command given (call, pub, sub, describe, ping, stats)");
+    if (c.args.empty()) throw usage_error("no command given (call, pub, sub, describe, ping, stats, peers, watch)");
     c.command = c.args.front();
     c.args.erase(c.args.begin());
     if (vm.count("header")) c.header_args = vm["header"].as<std::vector<std::string>>();
@@ -177,13 +226,22 @@ std::optional<cli> parse(int argc, char** argv) {
     if (c.max_message_size <= 0) throw usage_error("--max-message-size must be positive");
     if (!pn::parse_level(vm["log-level"].as<std::string>(), c.log))
         throw usage_error("--log-level must be trace|debug|info|warn|error|off");
+    c.json_out = vm["json"].as<bool>();
+    if (vm.count("wait")) c.wait_ms = vm["wait"].as<unsigned>();
+    if (vm.count("expect")) c.expect = vm["expect"].as<unsigned>();
+    if (c.wait_ms && c.expect) throw usage_error("--wait and --expect exclude each other");
+    try {
+        c.discovery = pn::discovery_from(vm);
+    } catch (const std::invalid_argument& e) {
+        throw usage_error(e.what());
+    }
     return c;
 }
 
 // --- helpers ----------------------------------------------------------------------
 
-// Takes the leading ENDPOINT argument. Without one, a usage error that says why.
-std::string take_endpoint(cli& c) {
+// Takes the leading ENDPOINT argument, if there is one.
+std::optional<std::string> take_endpoint(cli& c) {
     if (!c.args.empty() && pn::is_endpoint(c.args.front())) {
         std::string ep = c.args.front();
         c.args.erase(c.args.begin());
@@ -191,9 +249,23 @@ std::string take_endpoint(cli& c) {
     }
     if (!c.args.empty() && c.args.front().find("://") != std::string::npos)
         throw usage_error("'" + c.args.front() + "' is not a supported endpoint (tcp://, ipc:// or inproc://)");
-    throw usage_error("plexus " + c.command +
-                      " needs an ENDPOINT (tcp://HOST:PORT, ipc://PATH or inproc://NAME): resolving by name "
-                      "needs discovery, not available in this build");
+    return std::nullopt;
+}
+
+// A command's TARGET: an ENDPOINT, or a NAME to resolve through discovery.
+struct target {
+    std::string endpoint; // empty: resolve `name`
+    std::string name;
+};
+
+target take_target(cli& c) {
+    if (auto ep = take_endpoint(c)) return {*ep, {}};
+    if (c.args.empty())
+        throw usage_error("plexus " + c.command + " needs a TARGET: an ENDPOINT (tcp://HOST:PORT, ipc://PATH, "
+                          "inproc://NAME) or a node or service name");
+    target t{{}, c.args.front()};
+    c.args.erase(c.args.begin());
+    return t;
 }
 
 void no_more_args(const cli& c) {
@@ -229,6 +301,12 @@ void print_json(const cli& c, const json& j) {
     std::fflush(stdout);
 }
 
+void print_line(const std::string& line) {
+    const std::string s = line + "\n";
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+}
+
 // Turns a failed reply into the one error line and exit code.
 [[noreturn]] void fail(const plexus::status& st, const std::string& what, const std::string& endpoint,
                        std::chrono::milliseconds timeout) {
@@ -242,8 +320,50 @@ void print_json(const cli& c, const json& j) {
     throw status_error(st.code, msg);
 }
 
+std::string short_id(const disc::node_id& id) { return disc::to_hex(id).substr(0, 8); }
+
+std::string services_text(const disc::peer& p) {
+    std::string out;
+    for (const auto& s : p.services) {
+        if (!out.empty()) out += ',';
+        out += s.name;
+        if (!s.version.empty()) out += "@" + s.version;
+    }
+    return out.empty() ? "-" : out;
+}
+
+std::string endpoints_text(const disc::peer& p) {
+    std::string out;
+    for (const auto& [k, v] : p.endpoints) out += (out.empty() ? "" : " ") + k + "=" + v;
+    return out.empty() ? "-" : out;
+}
+
+json peer_json(const disc::peer& p) {
+    json services = json::array();
+    for (const auto& s : p.services) services.push_back({{"name", s.name}, {"version", s.version}});
+    json endpoints = json::object();
+    for (const auto& [k, v] : p.endpoints) endpoints[k] = v;
+    return {{"name", p.name},
+            {"id", disc::to_hex(p.id)},
+            {"incarnation", p.incarnation},
+            {"services", services},
+            {"topics", p.topics},
+            {"endpoints", endpoints},
+            {"address", p.address},
+            {"interval_ms", p.interval.count()},
+            {"age_ms", p.age().count()}};
+}
+
+bool is_hex(std::string_view s) { return s.find_first_not_of("0123456789abcdef") == std::string_view::npos; }
+
+// The client: a node that binds nothing. With discovery it joins the cluster (named
+// plexus-cli, serving nothing) so calls and subscriptions resolve by name.
 struct session {
-    explicit session(const cli& c, std::chrono::milliseconds timeout) : log("plexus", c.log), timeout(timeout) {
+    // `on_peer` (optional) sees every peer event from the start; it runs on the
+    // discovery thread.
+    session(const cli& c, std::chrono::milliseconds timeout, bool with_discovery,
+            std::function<void(const disc::event&)> on_peer = {})
+        : log("plexus", c.log), timeout(timeout) {
         plexus::node_options o;
         o.name = "plexus-cli";
         o.bind.clear();
@@ -254,7 +374,26 @@ struct session {
         o.max_message_size = c.max_message_size;
         o.log = c.log;
         o.log_sink = log.sink();
+        if (with_discovery) {
+            if (!c.discovery)
+                throw usage_error("plexus " + c.command +
+                                  (c.command == "peers" || c.command == "watch"
+                                       ? std::string(" needs discovery (--discovery on)")
+                                       : " without an ENDPOINT needs discovery (--discovery on)"));
+            o.discovery = c.discovery;
+            where = "cluster '" + c.discovery->cluster + "' (UDP port " + std::to_string(c.discovery->port) + ")";
+        }
         node.emplace(std::move(o));
+        if (with_discovery)
+            node->on_peer_event([this, on_peer = std::move(on_peer)](const disc::event& e) {
+                if (on_peer) on_peer(e);
+                {
+                    std::lock_guard lock(mutex);
+                    ++changes;
+                    if (e.kind == disc::event_kind::join) last_join = std::chrono::steady_clock::now();
+                }
+                changed.notify_all();
+            });
         try {
             node->start();
         } catch (const plexus::error& e) {
@@ -267,7 +406,7 @@ struct session {
         plexus::call_options opts;
         opts.timeout = timeout;
         opts.headers = std::move(headers);
-        opts.endpoint = endpoint;
+        opts.endpoint = endpoint; // empty: by service name
         return node->call_raw(service, method, std::move(body), opts);
     }
 
@@ -279,9 +418,55 @@ struct session {
         return pn::from_msgpack(r.body);
     }
 
+    // The RPC endpoint of a peer called `name` (node name first, then a service it
+    // serves, then an id prefix), waiting for one until `deadline`. Several match: any.
+    std::string find_node(const std::string& name, std::chrono::steady_clock::time_point deadline) {
+        auto pick = [&]() -> std::optional<std::string> {
+            std::vector<std::string> by_rank[3];
+            for (const auto& p : node->peers()) {
+                auto rpc = p.endpoints.find("rpc");
+                if (rpc == p.endpoints.end()) continue;
+                if (p.name == name)
+                    by_rank[0].push_back(rpc->second);
+                else if (p.find_service(name))
+                    by_rank[1].push_back(rpc->second);
+                else if (name.size() >= 4 && is_hex(name) && disc::to_hex(p.id).rfind(name, 0) == 0)
+                    by_rank[2].push_back(rpc->second);
+            }
+            for (auto& v : by_rank)
+                if (!v.empty()) {
+                    static std::minstd_rand rng{std::random_device{}()};
+                    return v[rng() % v.size()];
+                }
+            return std::nullopt;
+        };
+        std::unique_lock lock(mutex);
+        for (;;) {
+            const auto seen = changes;
+            lock.unlock();
+            if (auto ep = pick()) return *ep;
+            lock.lock();
+            if (!changed.wait_until(lock, deadline, [&] { return changes != seen; }))
+                throw status_error(plexus::code::unavailable,
+                                   "no node or service named '" + name + "' seen in " + where + " within " +
+                                       std::to_string(timeout.count()) + " ms");
+        }
+    }
+
+    // The target's endpoint: as given, or resolved by name within the timeout.
+    std::string endpoint_of(const target& t, std::chrono::steady_clock::time_point started) {
+        return t.endpoint.empty() ? find_node(t.name, started + timeout) : t.endpoint;
+    }
+
     pn::logger log;
     std::chrono::milliseconds timeout;
+    std::string where; // "cluster 'x' (UDP port N)", for messages
     std::optional<plexus::node> node;
+
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::uint64_t changes = 0; // peer events so far
+    std::chrono::steady_clock::time_point last_join = std::chrono::steady_clock::now();
 };
 
 constexpr auto default_timeout = 5000ms;
@@ -290,10 +475,50 @@ std::chrono::milliseconds call_timeout(const cli& c) {
     return c.timeout_ms ? std::chrono::milliseconds(*c.timeout_ms) : default_timeout;
 }
 
+// Blocks SIGINT, SIGTERM and SIGUSR1 in this thread and, as they inherit the mask,
+// every thread started after it; SIGUSR1 is how a handler says "done".
+sigset_t block_stop_signals() {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    return signals;
+}
+
+// Waits for one of `signals`, or until start + timeout_ms if given. Returns the
+// signal, 0 on timeout.
+int wait_for_end(const sigset_t& signals, std::chrono::steady_clock::time_point start, std::optional<unsigned> timeout_ms) {
+    for (;;) {
+        int sig;
+        if (timeout_ms) {
+            const auto left = start + std::chrono::milliseconds(*timeout_ms) - std::chrono::steady_clock::now();
+            if (left <= left.zero()) return 0;
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+            const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+            sig = ::sigtimedwait(&signals, nullptr, &ts);
+        } else {
+            sig = ::sigwaitinfo(&signals, nullptr);
+        }
+        if (sig > 0) return sig;
+        if (errno == EAGAIN) return 0; // timeout; else EINTR: again
+    }
+}
+
+// The end of `sub` and `watch`: 0, or why fewer than --count events came.
+int end_of_stream(const cli& c, unsigned seen, int sig, std::string_view what) {
+    if (!c.count || seen >= *c.count) return exit_ok;
+    const bool signalled = sig == SIGINT || sig == SIGTERM;
+    throw status_error(signalled ? plexus::code::cancelled : plexus::code::deadline_exceeded,
+                       std::to_string(seen) + " of " + std::to_string(*c.count) + " " + std::string(what) +
+                           (signalled ? " before the signal" : " within " + std::to_string(*c.timeout_ms) + " ms"));
+}
+
 // --- commands ---------------------------------------------------------------------
 
 int cmd_call(cli& c) {
-    const std::string endpoint = take_endpoint(c);
+    const auto endpoint = take_endpoint(c);
     if (c.args.empty()) throw usage_error("plexus call needs SERVICE.METHOD");
     const std::string target = c.args.front();
     c.args.erase(c.args.begin());
@@ -308,16 +533,16 @@ int cmd_call(cli& c) {
     no_more_args(c);
     const auto headers = parse_headers(c.header_args);
 
-    session s(c, call_timeout(c));
-    auto r = s.call(endpoint, std::string_view(target).substr(0, dot), std::string_view(target).substr(dot + 1),
-                    std::move(body), headers);
-    if (!r.ok()) fail(r.status, target, endpoint, s.timeout);
+    session s(c, call_timeout(c), !endpoint);
+    const std::string service = target.substr(0, dot);
+    auto r = s.call(endpoint.value_or(""), service, std::string_view(target).substr(dot + 1), std::move(body), headers);
+    if (!r.ok()) fail(r.status, target, endpoint ? *endpoint : "any instance of '" + service + "' in " + s.where, s.timeout);
     print_json(c, pn::from_msgpack(r.body));
     return exit_ok;
 }
 
 int cmd_pub(cli& c) {
-    const std::string endpoint = take_endpoint(c);
+    const target t = take_target(c);
     if (c.args.empty()) throw usage_error("plexus pub needs a TOPIC");
     const std::string topic = c.args.front();
     c.args.erase(c.args.begin());
@@ -330,16 +555,20 @@ int cmd_pub(cli& c) {
     no_more_args(c);
     const auto headers = parse_headers(c.header_args);
 
-    session s(c, call_timeout(c));
+    const auto start = std::chrono::steady_clock::now();
+    session s(c, call_timeout(c), t.endpoint.empty());
+    const std::string endpoint = s.endpoint_of(t, start);
     print_json(c, s.system_call(endpoint, "publish", pn::to_msgpack({{"topic", topic}, {"body", value}}), headers));
     return exit_ok;
 }
 
 int cmd_simple(cli& c, std::string_view method) {
-    const std::string endpoint = take_endpoint(c);
+    const target t = take_target(c);
     no_more_args(c);
     if (!c.header_args.empty()) throw usage_error("-H applies to call and pub only");
-    session s(c, call_timeout(c));
+    const auto start = std::chrono::steady_clock::now();
+    session s(c, call_timeout(c), t.endpoint.empty());
+    const std::string endpoint = s.endpoint_of(t, start);
     const auto t0 = std::chrono::steady_clock::now();
     json j = s.system_call(endpoint, method);
     const auto rtt = std::chrono::steady_clock::now() - t0;
@@ -362,8 +591,8 @@ std::string reachable(const std::string& pub, const std::string& rpc) {
 }
 
 int cmd_sub(cli& c) {
-    std::string endpoint;
-    if (c.pub_endpoints.empty() || (!c.args.empty() && pn::is_endpoint(c.args.front()))) endpoint = take_endpoint(c);
+    // [ENDPOINT] [PREFIX]: without an endpoint (or --pub-endpoint), through discovery.
+    const auto endpoint = take_endpoint(c);
     std::string prefix;
     if (!c.args.empty()) {
         prefix = c.args.front();
@@ -372,32 +601,27 @@ int cmd_sub(cli& c) {
     no_more_args(c);
     if (!c.header_args.empty()) throw usage_error("-H applies to call and pub only");
     if (c.count && *c.count == 0) throw usage_error("--count must be positive");
+    const bool by_discovery = !endpoint && c.pub_endpoints.empty();
 
-    // SIGUSR1 is how the event handler tells main that --count events came.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
+    const sigset_t signals = block_stop_signals();
     const auto start = std::chrono::steady_clock::now();
-    session s(c, c.timeout_ms ? std::min(call_timeout(c), default_timeout) : default_timeout);
-    std::vector<std::string> pubs;
-    for (const auto& ep : c.pub_endpoints) pubs.push_back(ep);
-    if (pubs.empty()) {
-        const json d = s.system_call(endpoint, "describe");
+    session s(c, c.timeout_ms ? std::min(call_timeout(c), default_timeout) : default_timeout, by_discovery);
+    std::vector<std::string> pubs = c.pub_endpoints;
+    if (endpoint && pubs.empty()) {
+        const json d = s.system_call(*endpoint, "describe");
         if (d.is_object() && d.contains("endpoints") && d["endpoints"].is_object() && d["endpoints"].contains("pub") &&
             d["endpoints"]["pub"].is_array())
             for (const auto& ep : d["endpoints"]["pub"])
-                if (ep.is_string()) pubs.push_back(reachable(ep.get<std::string>(), endpoint));
+                if (ep.is_string()) pubs.push_back(reachable(ep.get<std::string>(), *endpoint));
         if (pubs.empty())
-            throw status_error(plexus::code::failed_precondition, "the node at " + endpoint + " publishes no events");
+            throw status_error(plexus::code::failed_precondition, "the node at " + *endpoint + " publishes no events");
     }
 
     std::mutex mutex;
     unsigned seen = 0;
     bool done = false;
+    // With discovery the node connects to every publisher announcing a matching topic,
+    // now or later, and disconnects from those that leave.
     auto sub = s.node->subscribe(
         prefix,
         [&](const plexus::event& ev) {
@@ -410,9 +634,7 @@ int cmd_sub(cli& c) {
                             {"source", pn::hex(ev.source)},
                             {"headers", h},
                             {"body", pn::from_msgpack(ev.body)}};
-            const std::string text = pn::dump(line) + "\n";
-            std::fwrite(text.data(), 1, text.size(), stdout);
-            std::fflush(stdout);
+            print_line(pn::dump(line));
             if (c.count && ++seen >= *c.count) {
                 done = true;
                 ::kill(::getpid(), SIGUSR1);
@@ -421,31 +643,125 @@ int cmd_sub(cli& c) {
         plexus::execution::inline_loop);
     for (const auto& ep : pubs) s.node->connect_events(ep);
 
-    int sig = 0;
-    for (;;) {
-        if (c.timeout_ms) {
-            const auto left = start + std::chrono::milliseconds(*c.timeout_ms) - std::chrono::steady_clock::now();
-            if (left <= left.zero()) break;
-            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-            const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-            sig = ::sigtimedwait(&signals, nullptr, &ts);
-        } else {
-            sig = ::sigwaitinfo(&signals, nullptr);
-        }
-        if (sig > 0) break;
-        if (errno == EAGAIN) break; // timeout
-    }
+    const int sig = wait_for_end(signals, start, c.timeout_ms);
     {
         std::lock_guard lock(mutex);
         done = true;
     }
     sub.cancel();
     s.node->stop(); // no handler runs past here: what it captured goes away next
-    if (!c.count || seen >= *c.count) return exit_ok;
-    throw status_error(sig == SIGINT || sig == SIGTERM ? plexus::code::cancelled : plexus::code::deadline_exceeded,
-                       std::to_string(seen) + " of " + std::to_string(*c.count) + " events" +
-                           (sig == SIGINT || sig == SIGTERM ? " before the signal"
-                                                            : " within " + std::to_string(*c.timeout_ms) + " ms"));
+    return end_of_stream(c, seen, sig, "events");
+}
+
+int cmd_peers(cli& c) {
+    no_more_args(c);
+    if (!c.header_args.empty()) throw usage_error("-H applies to call and pub only");
+    const auto start = std::chrono::steady_clock::now();
+    const auto bound = start + call_timeout(c);
+    session s(c, call_timeout(c), true);
+    const auto interval = c.discovery->interval;
+    const auto quiet = std::clamp<std::chrono::milliseconds>(2 * interval, 100ms, 500ms);
+    bool short_of_expected = false;
+    {
+        std::unique_lock lock(s.mutex);
+        if (c.wait_ms) {
+            // The user asked to watch for this long: nothing to wait on but the clock.
+            s.changed.wait_until(lock, std::min(bound, start + std::chrono::milliseconds(*c.wait_ms)), [] { return false; });
+        } else if (c.expect) {
+            for (;;) {
+                const auto seen = s.changes;
+                lock.unlock();
+                const bool enough = s.node->peers().size() >= *c.expect;
+                lock.lock();
+                if (enough) break;
+                if (!s.changed.wait_until(lock, bound, [&] { return s.changes != seen; })) {
+                    short_of_expected = s.node->peers().size() < *c.expect;
+                    break;
+                }
+            }
+        } else {
+            // Peers answer a new node at once: once no join has come for `quiet`, that is all.
+            while (std::chrono::steady_clock::now() < bound) {
+                const auto until = std::min(bound, s.last_join + quiet);
+                if (std::chrono::steady_clock::now() >= until) break;
+                s.changed.wait_until(lock, until);
+            }
+        }
+    }
+    const auto peers = s.node->peers();
+    if (c.json_out) {
+        json arr = json::array();
+        for (const auto& p : peers) arr.push_back(peer_json(p));
+        print_json(c, arr);
+    } else {
+        std::vector<std::vector<std::string>> rows{{"NAME", "ID", "SERVICES", "ENDPOINTS", "AGE"}};
+        for (const auto& p : peers)
+            rows.push_back({p.name, short_id(p.id), services_text(p), endpoints_text(p), std::to_string(p.age().count()) + "ms"});
+        std::vector<std::size_t> width(rows[0].size(), 0);
+        for (const auto& r : rows)
+            for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+        for (const auto& r : rows) {
+            std::string line;
+            for (std::size_t i = 0; i < r.size(); ++i)
+                line += i + 1 == r.size() ? r[i] : r[i] + std::string(width[i] - r[i].size() + 2, ' ');
+            print_line(line);
+        }
+        if (peers.empty()) std::fprintf(stderr, "plexus: no peers seen in %s\n", s.where.c_str());
+    }
+    if (short_of_expected)
+        throw status_error(plexus::code::deadline_exceeded,
+                           std::to_string(peers.size()) + " of " + std::to_string(*c.expect) + " peers seen in " +
+                               s.where + " within " + std::to_string(call_timeout(c).count()) + " ms");
+    return exit_ok;
+}
+
+int cmd_watch(cli& c) {
+    no_more_args(c);
+    if (!c.header_args.empty()) throw usage_error("-H applies to call and pub only");
+    if (c.count && *c.count == 0) throw usage_error("--count must be positive");
+    const sigset_t signals = block_stop_signals();
+    const auto start = std::chrono::steady_clock::now();
+    // Events come on the discovery thread, one at a time; `done` (under the mutex) ends
+    // the output before the session goes away.
+    auto state = std::make_shared<std::pair<std::mutex, unsigned>>();
+    auto done = std::make_shared<bool>(false);
+    const bool as_json = c.json_out;
+    const std::optional<unsigned> count = c.count;
+    session s(c, default_timeout, true, [state, done, as_json, count](const disc::event& e) {
+        std::lock_guard lock(state->first);
+        if (*done) return;
+        const auto& p = e.node;
+        const std::string kind(disc::to_string(e.kind));
+        if (as_json) {
+            json j = peer_json(p);
+            j.erase("age_ms");
+            j["ts"] = pn::utc_timestamp();
+            j["event"] = kind;
+            if (e.kind == disc::event_kind::leave) j["reason"] = std::string(disc::to_string(e.reason));
+            print_line(pn::dump(j));
+        } else {
+            std::string line = pn::utc_timestamp() + " " + kind + std::string(7 - kind.size(), ' ') + p.name + " " +
+                               short_id(p.id) + " inc=" + std::to_string(p.incarnation);
+            if (e.kind == disc::event_kind::leave)
+                line += " reason=" + std::string(disc::to_string(e.reason));
+            else
+                line += " services=" + services_text(p) + " " + endpoints_text(p);
+            print_line(line);
+        }
+        if (count && ++state->second >= *count) {
+            *done = true;
+            ::kill(::getpid(), SIGUSR1);
+        }
+    });
+    const int sig = wait_for_end(signals, start, c.timeout_ms);
+    unsigned seen;
+    {
+        std::lock_guard lock(state->first);
+        *done = true;
+        seen = state->second;
+    }
+    s.node->stop();
+    return end_of_stream(c, seen, sig, "events");
 }
 
 int dispatch(cli& c) {
@@ -453,7 +769,9 @@ int dispatch(cli& c) {
     if (c.command == "pub") return cmd_pub(c);
     if (c.command == "sub") return cmd_sub(c);
     if (c.command == "describe" || c.command == "ping" || c.command == "stats") return cmd_simple(c, c.command);
-    throw usage_error("unknown command '" + c.command + "' (call, pub, sub, describe, ping, stats)");
+    if (c.command == "peers") return cmd_peers(c);
+    if (c.command == "watch") return cmd_watch(c);
+    throw usage_error("unknown command '" + c.command + "' (call, pub, sub, describe, ping, stats, peers, watch)");
 }
 
 // One line, whatever the message holds.

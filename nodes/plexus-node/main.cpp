@@ -1,6 +1,8 @@
 // plexus-node: a standalone Plexus node. Parses its options (command line > config
 // file > PLEXUS_* environment > defaults), builds a plexus::node, runs it until
-// SIGINT/SIGTERM, stops it within --shutdown-timeout and exits 0.
+// SIGINT/SIGTERM, stops it within --shutdown-timeout and exits 0. Discovery is on by
+// default and host-local (nodes/common/discovery_options.hpp): the node announces
+// itself and its services, and `plexus peers` / `plexus call service.method` find it.
 //
 // Exit codes: 0 stopped by a signal; 1 runtime failure (cannot bind an endpoint or the
 // metrics port, cannot write the ready file); 2 usage error (unknown option, bad value,
@@ -29,6 +31,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include "discovery_options.hpp"
 #include "json_msgpack.hpp"
 #include "logfmt.hpp"
 #include "metrics_http.hpp"
@@ -91,7 +94,7 @@ po::options_description describe_options() {
             "publish {name,id,uptime_ms,seq} on topic plexus.heartbeat every MS ms; 0 disables")
         ("echo", po::bool_switch(),
             "serve the test service `echo`: echo and inline_echo (the body back as is), sleep {\"ms\":N}, "
-            "fail (throws: INTERNAL), headers (the request's headers as a map)")
+            "fail (throws: INTERNAL), headers (the request's headers as a map), whoami (this node's --name)")
         ("ready-file", po::value<std::string>()->value_name("PATH"),
             "once started, write the bound endpoints as JSON {\"rpc\":[...],\"pub\":[...],...} to PATH (atomically: "
             "write then rename); removed again on a clean stop")
@@ -101,6 +104,8 @@ po::options_description describe_options() {
         ("metrics-bind", po::value<std::string>()->default_value("127.0.0.1")->value_name("ADDR"),
             "IPv4 or IPv6 address the metrics port listens on (0.0.0.0 or :: for all interfaces)");
     // clang-format on
+    d.add(pn::discovery_options("announce this node (name, endpoints, services, topics) and see its peers; "
+                                "off: peers come from --connect only"));
     return d;
 }
 
@@ -132,6 +137,14 @@ void print_help(const po::options_description& d) {
                  "  bind = ipc:///tmp/orders.sock\n"
                  "  log-level = debug\n"
                  "  allow-publish = true\n\n"
+                 "Discovery is on by default and stays on this host: beacons go to 127.255.255.255 on UDP port\n"
+                 "5690, cluster \"plexus\", and endpoints bind 127.0.0.1. Across hosts, bind a reachable\n"
+                 "address and name the LAN's broadcast address (or seeds):\n"
+                 "  plexus-node --name a --echo --bind 'tcp://0.0.0.0:*' --pub-bind 'tcp://0.0.0.0:*' \\\n"
+                 "              --broadcast 10.200.0.255 --cluster prod\n"
+                 "Where broadcast is blocked: --no-broadcast --seed HOST:PORT (nodes gossip the peers they know).\n"
+                 "Peers see the source address of our beacons, or --advertise HOST. Nodes of another --cluster\n"
+                 "are ignored. Look with: plexus peers --cluster prod, plexus watch --cluster prod.\n\n"
                  "Metrics: with --metrics-port, Prometheus scrapes http://ADDR:PORT/metrics (the ready file\n"
                  "has it as \"metrics\"): plexus_server_* per method served (calls, errors by code, in-flight,\n"
                  "latency histogram), plexus_client_* per method called, plexus_events_* per topic. Nothing\n"
@@ -219,6 +232,11 @@ std::optional<settings> parse(int argc, char** argv) {
     }
     s.metrics_bind = vm["metrics-bind"].as<std::string>();
     if (s.metrics_bind.empty()) throw usage_error("--metrics-bind must not be empty");
+    try {
+        o.discovery = pn::discovery_from(vm);
+    } catch (const std::invalid_argument& e) {
+        throw usage_error(e.what());
+    }
     return s;
 }
 
@@ -261,6 +279,9 @@ private:
 void serve_echo(plexus::node& node, stop_flag& stopping) {
     node.serve("echo")
         .doc("test service of plexus-node --echo")
+        .raw_method("whoami", [name = node.name()](plexus::request&) { return plexus::pack(name); },
+                    {.doc = "replies this node's --name (shows which instance answered a call by name)"}, {},
+                    plexus::pack(std::string()))
         .raw_method("echo", [](plexus::request& rq) { return std::string(rq.body); }, {.doc = "returns the body as is"})
         .raw_method("inline_echo", [](plexus::request& rq) { return std::string(rq.body); },
                     {.exec = plexus::execution::inline_loop, .doc = "returns the body as is, on the I/O thread"})
@@ -288,13 +309,16 @@ void serve_echo(plexus::node& node, stop_flag& stopping) {
 
 // --- running ------------------------------------------------------------------------
 
-void write_ready_file(const std::string& path, const plexus::node& node, const pn::metrics_http* metrics) {
+void write_ready_file(const std::string& path, const plexus::node& node, const plexus::node_options& opts,
+                      const pn::metrics_http* metrics) {
     nlohmann::json j{{"rpc", node.endpoints()},
                      {"pub", node.pub_endpoints()},
                      {"name", node.name()},
                      {"id", node.id_hex()},
                      {"pid", static_cast<long>(::getpid())}};
     if (metrics) j["metrics"] = metrics->url();
+    if (const auto& d = opts.discovery)
+        j["discovery"] = {{"cluster", d->cluster}, {"port", node.discovery_port()}};
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     {
         std::ofstream out(tmp, std::ios::trunc);
@@ -326,6 +350,13 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
         return 1;
     }
     const auto started = std::chrono::steady_clock::now();
+    const auto& d = s.node.discovery;
+    if (d && !pn::host_local(*d))
+        for (const auto& ep : node.endpoints())
+            if (pn::endpoint_host(ep).rfind("127.", 0) == 0)
+                log.warn("beacons leave this host but the RPC endpoint is on loopback: peers elsewhere cannot "
+                         "call it (bind tcp://0.0.0.0:* or a LAN address)",
+                         {{"rpc", ep}});
     // Declared after the node: gone before it, and stopped first (it reads the node).
     std::optional<pn::metrics_http> metrics;
     const auto stop_all = [&] {
@@ -344,7 +375,7 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
     }
     if (!s.ready_file.empty()) {
         try {
-            write_ready_file(s.ready_file, node, metrics ? &*metrics : nullptr);
+            write_ready_file(s.ready_file, node, s.node, metrics ? &*metrics : nullptr);
         } catch (const std::exception& e) {
             log.error("cannot write ready file", {{"error", e.what()}});
             stop_all();
@@ -354,6 +385,7 @@ int run(const settings& s, pn::logger& log, const sigset_t& signals) {
     // The framework's own "started" line lists the endpoints; this one adds what is ours.
     log.info("running", {{"id", node.id_hex()},
                          {"echo", s.echo ? "true" : "false"},
+                         {"discovery", d ? d->cluster + "@" + std::to_string(node.discovery_port()) : "off"},
                          {"heartbeat_ms", std::to_string(heartbeats ? s.heartbeat.count() : 0)},
                          {"metrics", metrics ? metrics->url() : "off"},
                          {"ready_file", s.ready_file}});
