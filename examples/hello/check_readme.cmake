@@ -1,0 +1,15 @@
+# README.md quotes examples/hello/main.cpp; this fails when they drift apart.
+#   cmake -DSOURCE=examples/hello/main.cpp -DREADME=README.md -P check_readme.cmake
+file(READ ${SOURCE} src)
+file(READ ${README} readme)
+string(FIND "${src}" "struct greet_req" begin)
+if(begin EQUAL -1)
+  message(FATAL_ERROR "${SOURCE}: no 'struct greet_req' to quote from")
+endif()
+string(SUBSTRING "${src}" ${begin} -1 quoted)
+string(STRIP "${quoted}" quoted)
+string(FIND "${readme}" "${quoted}" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "${README} does not quote ${SOURCE} from 'struct greet_req' to its end: update the README")
+endif()
+message(STATUS "${README} quotes ${SOURCE} as it is")
