@@ -1948,7 +1948,7 @@ TEST_CASE("figures: 50 nodes on one host converge, and beacon bytes per node per
     std::mutex mu;
     steady::time_point last_converged{};
     for (int i = 0; i < n; ++i) {
-        auto o = cl.client("n" + std::to_string(i));
+        auto o = cl.client(std::string("n").append(std::to_string(i)));
         o.workers = 1;
         nodes.push_back(std::make_unique<plexus::node>(o));
         nodes.back()->serve("svc" + std::to_string(i % 5)).version("1.0").raw_method("m", [](plexus::request&) {

@@ -27,7 +27,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$node_bin" --name py-target --echo --heartbeat-interval 100 --ready-file "$tmp/ready.json" &
+# No discovery: the test talks to the node by endpoint and must not beacon on the host's
+# default discovery port.
+"$node_bin" --name py-target --echo --heartbeat-interval 100 --discovery off --ready-file "$tmp/ready.json" &
 node_pid=$!
 
 # The node writes the ready file once bound; wait for it, bounded (10 s).

@@ -1,6 +1,6 @@
 // Typed bodies: user types <-> MessagePack bytes through msgpack-c adaptors.
 //
-//   struct add_req { int a = 0; int b = 0; MSGPACK_DEFINE_MAP(a, b); };
+//   struct add_req { int a = 0; int b = 0; MSGPACK_DEFINE_MAP(a, b) };
 //   std::string bytes = plexus::pack(add_req{1, 2});
 //   add_req r = plexus::unpack<add_req>(bytes);   // throws plexus::error(invalid_argument)
 //
