@@ -246,16 +246,9 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
             }
             if (!(item.revents & ZMQ_POLLIN)) continue;
             zmq::message_t first, second;
-            if (!s.recv(first, zmq::recv_flags::dontwait)) continue;
-            bool ok_shape = first.size() == 0 && first.more();
-            if (first.more()) (void)s.recv(second);
-            while (second.more()) { // drain an over-long message
-                ok_shape = false;
-                zmq::message_t extra;
-                (void)s.recv(extra);
-                if (!extra.more()) break;
-            }
-            if (!ok_shape) {
+            const auto got = recv_two(s, first, second);
+            if (got == two_frames::none) continue;
+            if (got != two_frames::ok || first.size() != 0) {
                 ++malformed_;
                 continue;
             }
@@ -377,16 +370,9 @@ void node_impl::expire_calls(clock::time_point now) {
 void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s) {
     for (int batch = 0; batch < 256; ++batch) {
         zmq::message_t first, second;
-        if (!s.recv(first, zmq::recv_flags::dontwait)) return;
-        bool ok_shape = first.size() == 0 && first.more();
-        if (first.more()) (void)s.recv(second);
-        while (second.more()) {
-            ok_shape = false;
-            zmq::message_t extra;
-            (void)s.recv(extra);
-            if (!extra.more()) break;
-        }
-        if (!ok_shape) {
+        const auto got = recv_two(s, first, second);
+        if (got == two_frames::none) return;
+        if (got != two_frames::ok || first.size() != 0) {
             ++malformed_;
             continue;
         }

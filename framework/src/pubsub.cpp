@@ -147,15 +147,9 @@ void node_impl::unsubscribe(std::uint64_t id) {
 void node_impl::handle_sub() {
     for (int batch = 0; batch < 256; ++batch) {
         zmq::message_t topic_frame, env_frame;
-        if (!sub_->recv(topic_frame, zmq::recv_flags::dontwait)) return;
-        bool ok_shape = topic_frame.more();
-        if (topic_frame.more()) (void)sub_->recv(env_frame);
-        while (env_frame.more()) {
-            ok_shape = false;
-            zmq::message_t extra;
-            (void)sub_->recv(extra);
-            if (!extra.more()) break;
-        }
+        const auto got = recv_two(*sub_, topic_frame, env_frame);
+        if (got == two_frames::none) return;
+        const bool ok_shape = got == two_frames::ok;
         const std::string_view topic(static_cast<const char*>(topic_frame.data()), topic_frame.size());
         envelope_view& v = view_;
         v.clear();

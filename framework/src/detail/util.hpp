@@ -16,6 +16,8 @@
 #include <system_error>
 #include <utility>
 
+#include <zmq.hpp>
+
 #include <plexus/node.hpp>
 
 namespace plexus::detail {
@@ -95,6 +97,24 @@ private:
     std::mutex mu_;
     std::deque<T> items_;
 };
+
+// Receives one message of exactly two frames without blocking (a reply ["", envelope]
+// or an event [topic, envelope]). A message of another length is drained and reported
+// as bad_shape, so one malformed message never desynchronises the next.
+enum class two_frames { none, ok, bad_shape };
+inline two_frames recv_two(zmq::socket_t& s, zmq::message_t& first, zmq::message_t& second) {
+    if (!s.recv(first, zmq::recv_flags::dontwait)) return two_frames::none;
+    bool ok = first.more();
+    if (first.more()) (void)s.recv(second);
+    bool more = second.more();
+    while (more) {
+        ok = false;
+        zmq::message_t extra;
+        (void)s.recv(extra);
+        more = extra.more();
+    }
+    return ok ? two_frames::ok : two_frames::bad_shape;
+}
 
 // logfmt lines: ts=... level=... node=... msg="..." key=value
 class logger {
