@@ -181,10 +181,20 @@ std::string random_hex(std::size_t digits) {
     }
 }
 
-bool valid_traceparent(std::string_view tp) {
-    plexus::context probe;
-    probe.headers.set(header_key::traceparent, tp);
-    return !probe.trace_id().empty() && tp.substr(3, 32) != std::string(32, '0') && tp.substr(36, 16) != std::string(16, '0');
+// "vv-<32 hex>-<16 hex>-ff", lower-case hex, ids not all zero; no allocation.
+bool valid_traceparent(std::string_view tp) noexcept {
+    if (tp.size() < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-') return false;
+    bool trace_nonzero = false, span_nonzero = false;
+    for (std::size_t i = 0; i < 55; ++i) {
+        if (i == 2 || i == 35 || i == 52) continue;
+        const char c = tp[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+        if (c != '0') {
+            if (i > 2 && i < 35) trace_nonzero = true;
+            if (i > 35 && i < 52) span_nonzero = true;
+        }
+    }
+    return trace_nonzero && span_nonzero;
 }
 
 // A new span in the trace of `incoming` (or a new trace); returns the new header and

@@ -252,7 +252,8 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
                 ++malformed_;
                 continue;
             }
-            envelope rep;
+            thread_local envelope_view rep; // decoded in place; only body and error are copied
+            rep.clear();
             status st = decode(std::string_view(static_cast<const char*>(second.data()), second.size()), rep);
             if (!st.ok()) {
                 ++malformed_;
@@ -260,8 +261,8 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
                 continue;
             }
             if (rep.kind != kind::reply || rep.id != id) continue; // a late reply to an earlier call
-            if (rep.status != code::ok) return fail(rep.status, std::move(rep.error));
-            reply r{{rep.status, std::move(rep.error)}, std::move(rep.body)};
+            if (rep.status != code::ok) return fail(rep.status, std::string(rep.error));
+            reply r{{rep.status, std::string(rep.error)}, std::string(rep.body)};
             run_after(chain_, ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - started); });
             return r;
         }
@@ -355,14 +356,31 @@ void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     }
 }
 
+void node_impl::add_pending(const std::shared_ptr<pending_call>& call) {
+    pending_.emplace(call->id, call);
+    call->deadline_it = deadlines_.emplace(call->deadline, call->id);
+}
+
+std::shared_ptr<pending_call> node_impl::take_pending(
+    std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>>::iterator it) {
+    auto call = std::move(it->second);
+    pending_.erase(it);
+    if (call->deadline_it) {
+        deadlines_.erase(*call->deadline_it);
+        call->deadline_it.reset();
+    }
+    return call;
+}
+
 void node_impl::expire_calls(clock::time_point now) {
     while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
         auto id = deadlines_.begin()->second;
-        deadlines_.erase(deadlines_.begin());
         auto it = pending_.find(id);
-        if (it == pending_.end()) continue;
-        auto call = std::move(it->second);
-        pending_.erase(it);
+        if (it == pending_.end()) { // cannot happen: entries leave with their calls
+            deadlines_.erase(deadlines_.begin());
+            continue;
+        }
+        auto call = take_pending(it);
         complete(call, reply{{code::deadline_exceeded, "no reply from " + call->endpoint + " before the deadline"}, {}});
     }
 }
@@ -386,9 +404,7 @@ void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s)
         }
         auto it = pending_.find(v.id);
         if (it == pending_.end()) continue; // late: its caller already had its answer
-        auto call = std::move(it->second);
-        pending_.erase(it);
-        // deadlines_ keeps a stale entry; expire_calls skips ids no longer pending.
+        auto call = take_pending(it);
         complete(call, reply{{v.status, std::string(v.error)}, std::string(v.body)});
     }
 }
@@ -436,8 +452,7 @@ void node_impl::tick_peers(clock::time_point now) {
             zmq::message_t delim;
             if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
                 s.send(zmq::buffer(env), zmq::send_flags::dontwait)) {
-                pending_.emplace(call->id, call);
-                deadlines_.emplace(call->deadline, call->id);
+                add_pending(call);
             } else {
                 p.pending_id = 0;
                 p.next_describe = now + std::chrono::milliseconds(200);

@@ -445,16 +445,15 @@ void node_impl::handle_commands() {
                     }
                     try {
                         auto& s = async_socket(cmd.endpoint);
-                        pending_.emplace(cmd.call->id, cmd.call);
-                        deadlines_.emplace(cmd.call->deadline, cmd.call->id);
+                        add_pending(cmd.call);
                         zmq::message_t delim;
                         if (!s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) ||
                             !s.send(zmq::buffer(cmd.envelope), zmq::send_flags::dontwait)) {
-                            pending_.erase(cmd.call->id);
+                            if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
                             complete(cmd.call, reply{{code::unavailable, "send queue to " + cmd.endpoint + " is full"}, {}});
                         }
                     } catch (const zmq::error_t& e) {
-                        pending_.erase(cmd.call->id);
+                        if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
                         complete(cmd.call, reply{{code::unavailable, "cannot reach " + cmd.endpoint + ": " + e.what()}, {}});
                     }
                 } else if constexpr (std::is_same_v<T, subscribe_cmd>) {
@@ -560,12 +559,9 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
         }
     std::vector<std::shared_ptr<pending_call>> failed;
     for (auto it = pending_.begin(); it != pending_.end();) {
-        if (it->second->endpoint == endpoint && !it->second->on_io) {
-            failed.push_back(std::move(it->second));
-            it = pending_.erase(it);
-        } else {
-            ++it;
-        }
+        auto next = std::next(it);
+        if (it->second->endpoint == endpoint && !it->second->on_io) failed.push_back(take_pending(it));
+        it = next;
     }
     for (auto& c : failed) complete(c, reply{{code::unavailable, why + " while the call was in flight"}, {}});
     if (auto* a = agent(); peer && a) a->mark_dead(*peer);

@@ -100,6 +100,8 @@ struct pending_call {
     std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
     std::shared_ptr<context> ctx; // current for the callback
     std::shared_ptr<endpoint_state> target;
+    // Its entry in node_impl::deadlines_ (I/O thread), erased with the call.
+    std::optional<std::multimap<clock::time_point, std::uint64_t>::iterator> deadline_it;
 };
 
 struct async_call_cmd {
@@ -238,6 +240,9 @@ private:
     void reply_error(std::vector<zmq::message_t>& route, std::uint64_t id, code c, std::string_view msg);
     zmq::socket_t& async_socket(const std::string& endpoint);
     void complete(std::shared_ptr<pending_call> call, reply r);
+    // Registers / removes an outstanding call on the I/O thread (pending_ and deadlines_).
+    void add_pending(const std::shared_ptr<pending_call>& call);
+    std::shared_ptr<pending_call> take_pending(std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>>::iterator it);
     void on_describe_reply(const std::string& peer, const reply& r);
     void drain_and_close();
     void endpoint_down(const std::string& endpoint, const std::string& why);
