@@ -194,7 +194,8 @@ void node_impl::handle_sub() {
         ev->body.assign(v.body);
         ev->seq = v.seq;
         ev->source.assign(v.source);
-        for (auto& [k, val] : v.headers) ev->headers.append(k, val);
+        for (auto& [k, val] : v.headers)
+            if (!policy_->rejected_inbound(k)) ev->headers.append(k, val);
         for (auto& [fn, exec, order] : targets) {
             auto deliver = [this, fn = std::move(fn), ev] {
                 context ctx;
@@ -206,15 +207,9 @@ void node_impl::handle_sub() {
                 status st;
                 try {
                     st = run_before(chain_, ran, [&](interceptor& i) { return i.before_deliver(info); });
-                    if (st.ok()) {
-                        if (ctx.headers == ev->headers) {
-                            fn(*ev);
-                        } else { // an interceptor changed the headers: the handler sees its version
-                            event copy = *ev;
-                            copy.headers = ctx.headers;
-                            fn(copy);
-                        }
-                    }
+                    // The event as it arrived; what interceptors change (this hop's trace
+                    // span, ...) is in the context, which is what travels on.
+                    if (st.ok()) fn(*ev);
                 } catch (const error& e) {
                     st = e.to_status();
                 } catch (const std::exception& e) {

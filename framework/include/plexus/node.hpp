@@ -184,6 +184,8 @@ struct reply {
 struct event {
     std::string topic;
     std::string body;
+    // As they arrived (less the keys the node rejects inbound). The handler's context,
+    // context::current(), holds them as they travel on, with this hop's trace span.
     plexus::headers headers;
     std::uint64_t seq = 0;
     std::string source; // publishing node's id, 16 bytes (may be empty for plain publishers)

@@ -1,6 +1,7 @@
 // The node's built-in interceptors: metrics, header policy, tracing, logging.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <map>
@@ -75,6 +76,10 @@ public:
     status before_deliver(event_info& e) override;
     // Whether a key of a handler's context stays behind when it calls or publishes.
     [[nodiscard]] bool hop_by_hop(std::string_view key) const noexcept;
+    // Whether a key is removed from what arrives (header_policy::reject_inbound).
+    [[nodiscard]] bool rejected_inbound(std::string_view key) const noexcept {
+        return std::find(p_.reject_inbound.begin(), p_.reject_inbound.end(), key) != p_.reject_inbound.end();
+    }
 
 private:
     [[nodiscard]] status check_size(const headers& h, std::string_view what) const;
