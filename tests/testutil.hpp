@@ -97,6 +97,20 @@ inline bool recv_within(zmq::socket_t& s, zmq::message_t& m, std::chrono::millis
     return s.recv(m, zmq::recv_flags::dontwait).has_value();
 }
 
+// Receives one whole multipart message with a bound; empty on timeout.
+inline std::vector<zmq::message_t> recv_frames(zmq::socket_t& s, std::chrono::milliseconds limit = 3000ms) {
+    std::vector<zmq::message_t> frames;
+    zmq::message_t m;
+    if (!recv_within(s, m, limit)) return frames;
+    frames.push_back(std::move(m));
+    while (frames.back().more()) {
+        zmq::message_t x;
+        (void)s.recv(x); // the rest of a multipart message is already there
+        frames.push_back(std::move(x));
+    }
+    return frames;
+}
+
 // A UDP port free right now (bound to port 0 and read back), for a test's own
 // discovery port; with a cluster name of its own, tests never see each other.
 inline std::uint16_t free_udp_port() {

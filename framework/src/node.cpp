@@ -380,7 +380,7 @@ void node_impl::io_main(std::promise<void> ready) {
             if (io_stopping_ && stop_deadline == clock::time_point{}) stop_deadline = clock::now() + opts.shutdown_timeout;
             std::deque<outgoing_reply> outs;
             replies_.take(outs);
-            for (auto& r : outs) send_reply(r.route, r.envelope);
+            for (auto& r : outs) send_reply({r.frames.data(), r.route_len}, r.envelope);
         }
         if (router_i < items.size() && items[router_i].socket == (router_ ? router_->handle() : nullptr) &&
             (items[router_i].revents & ZMQ_POLLIN))
@@ -401,7 +401,7 @@ void node_impl::drain_and_close() {
     // Last replies handed back by workers, then the queued events.
     std::deque<outgoing_reply> outs;
     replies_.take(outs);
-    for (auto& r : outs) send_reply(r.route, r.envelope);
+    for (auto& r : outs) send_reply({r.frames.data(), r.route_len}, r.envelope);
     flush_publications();
     for (auto& [id, call] : pending_)
         complete(call, reply{{code::cancelled, "node stopped before the reply came"}, {}});
@@ -409,7 +409,7 @@ void node_impl::drain_and_close() {
     deadlines_.clear();
     {
         std::lock_guard lk(pub_mu_);
-        for (auto& item : pub_backlog_) topics_[item.topic].dropped++;
+        for (auto& item : pub_backlog_) counters_of(item.topic).dropped++;
         pub_queued_ = 0;
         pub_backlog_.clear();
         pubq_.clear();
@@ -583,7 +583,7 @@ std::string node_impl::encode_reply(std::uint64_t id, code c, std::string_view e
     return out;
 }
 
-void node_impl::send_reply(std::vector<zmq::message_t>& route, const std::string& env) {
+void node_impl::send_reply(std::span<zmq::message_t> route, const std::string& env) {
     if (!router_) return;
     try {
         for (auto& f : route)
@@ -594,7 +594,7 @@ void node_impl::send_reply(std::vector<zmq::message_t>& route, const std::string
     }
 }
 
-void node_impl::reply_error(std::vector<zmq::message_t>& route, std::uint64_t id, code c, std::string_view msg) {
+void node_impl::reply_error(std::span<zmq::message_t> route, std::uint64_t id, code c, std::string_view msg) {
     send_reply(route, encode_reply(id, c, msg, {}));
 }
 
@@ -636,8 +636,7 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
                       kv("frames", frames.size()) + kv("count", n));
         return;
     }
-    std::vector<zmq::message_t> route(std::make_move_iterator(frames.begin()),
-                                      std::make_move_iterator(frames.begin() + static_cast<std::ptrdiff_t>(d + 1)));
+    const std::span<zmq::message_t> route(frames.data(), d + 1);
     const zmq::message_t& body_frame = frames.back();
     const std::string_view bytes(static_cast<const char*>(body_frame.data()), body_frame.size());
     const auto received = clock::now();
@@ -681,29 +680,29 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
         send_reply(route, encode_reply(view_.id, c, err, body));
         return;
     }
-    // Pool: the job keeps the frames (the view points into the envelope frame; moving
-    // the vector does not move the messages).
     auto job = std::make_unique<request_job>();
     job->frames = std::move(frames);
     frames = std::vector<zmq::message_t>();
+    job->route_len = d + 1;
+    job->view = std::move(view_);
+    view_ = envelope_view{};
     job->received = received;
     job->method = m;
-    auto rt = std::make_shared<std::vector<zmq::message_t>>(std::move(route));
-    auto v = std::make_shared<envelope_view>(std::move(view_));
-    view_ = envelope_view{};
     ++pool_jobs_in_flight_;
-    post_task([this, job = std::move(job), rt, v]() mutable {
+    post_task([this, job = std::move(job)] {
         code c = code::ok;
         std::string err;
         std::string body;
-        if (v->deadline_us && clock::now() >= job->received + std::chrono::microseconds(*v->deadline_us)) {
+        const auto& v = job->view;
+        if (v.deadline_us && clock::now() >= job->received + std::chrono::microseconds(*v.deadline_us)) {
             c = code::deadline_exceeded;
             err = "deadline passed while the request waited for a worker";
             metrics_->record_early(job->method->service, job->method->name, c);
         } else {
-            body = run_handler(*job->method, *v, job->received, c, err);
+            body = run_handler(*job->method, v, job->received, c, err);
         }
-        replies_.push(outgoing_reply{std::move(*rt), encode_reply(v->id, c, err, body)});
+        std::string env = encode_reply(v.id, c, err, body);
+        replies_.push(outgoing_reply{std::move(job->frames), job->route_len, std::move(env)});
         --pool_jobs_in_flight_;
     });
 }

@@ -4,6 +4,12 @@
 
 namespace plexus::detail {
 
+topic_counters& node_impl::counters_of(std::string_view topic) {
+    auto it = topics_.find(topic);
+    if (it == topics_.end()) it = topics_.emplace(std::string(topic), topic_counters{}).first;
+    return it->second;
+}
+
 std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, const headers& extra) {
     if (!running_ || !pub_) return 0;
     thread_local envelope_view e;
@@ -20,36 +26,15 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
         if (auto pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_publish(info); }); !pre.ok()) {
             log.write(log_level::warn, "event rejected", kv("topic", topic) + kv("error", pre.message));
             std::lock_guard lk(pub_mu_);
-            topics_[std::string(topic)].dropped++;
+            counters_of(topic).dropped++;
             return 0;
         }
     }
     for (auto& [k, v] : h) e.headers.emplace_back(k, v);
 
     const auto limit = static_cast<std::size_t>(std::max(1, opts.send_hwm));
-    // Declared before the lock so that it runs after the lock is released.
-    struct announce_after_unlock {
-        node_impl* self;
-        bool armed = false;
-        ~announce_after_unlock() {
-            if (armed) self->announce();
-        }
-    } announcer{this};
     std::unique_lock lk(pub_mu_);
-    auto it = topics_.find(std::string(topic));
-    if (it == topics_.end()) it = topics_.emplace(std::string(topic), topic_counters{}).first;
-    auto& tc = it->second;
-    // A topic published for the first time is announced, so subscribers find us.
-    bool new_topic = false;
-    // Not when an announced topic or declared prefix covers it already ("delivery."
-    // covers "delivery.D-1"): beacons stay small however many topics are published.
-    if (agent() && tc.seq == 0 && std::none_of(announced_topics_.begin(), announced_topics_.end(), [&](const std::string& t) {
-            return topic.compare(0, t.size(), t) == 0;
-        })) {
-        announced_topics_.emplace_back(topic);
-        new_topic = true;
-    }
-    announcer.armed = new_topic;
+    auto& tc = counters_of(topic);
     if (pub_queued_ >= limit) {
         // The I/O thread cannot wait for itself: it drops.
         if (opts.publish_overflow == overflow::drop || tl_io_owner == this) {
@@ -64,6 +49,13 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
             return 0;
         }
     }
+    // A topic published for the first time is announced, so subscribers find us; not
+    // when an announced topic or declared prefix covers it already ("delivery." covers
+    // "delivery.D-1"): beacons stay small however many topics are published.
+    const bool new_topic = agent() && tc.seq == 0 &&
+                           std::none_of(announced_topics_.begin(), announced_topics_.end(),
+                                        [&](const std::string& t) { return topic.compare(0, t.size(), t) == 0; });
+    if (new_topic) announced_topics_.emplace_back(topic);
     e.seq = ++tc.seq;
     std::string env;
     env.reserve(64 + topic.size() + body.size());
@@ -82,6 +74,7 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     const auto seq = e.seq;
     lk.unlock();
     if (was_empty) wake_.signal();
+    if (new_topic) announce();
     return seq;
 }
 
@@ -115,7 +108,7 @@ void node_impl::flush_publications() {
     if (done == 0) return;
     std::lock_guard lk(pub_mu_);
     pub_queued_ -= std::min(pub_queued_, done);
-    for (auto& t : dropped) topics_[t].dropped++;
+    for (auto& t : dropped) counters_of(t).dropped++;
     pub_space_.notify_all();
 }
 
@@ -175,7 +168,7 @@ void node_impl::handle_sub() {
         }
         {
             std::lock_guard lk(pub_mu_);
-            auto& tc = topics_[std::string(topic)];
+            auto& tc = counters_of(topic);
             ++tc.received;
             tc.gaps += gap;
         }

@@ -21,6 +21,15 @@ void pack_raw(msgpack::sbuffer& buf, packer& pk, const std::string& raw) {
     else
         buf.write(raw.data(), raw.size());
 }
+// One map entry with a str key.
+void field(packer& pk, std::string_view key, std::string_view value) {
+    pack_str(pk, key);
+    pack_str(pk, value);
+}
+void field(packer& pk, std::string_view key, std::uint64_t value) {
+    pack_str(pk, key);
+    pk.pack_uint64(value);
+}
 std::string to_string(const msgpack::sbuffer& b) { return std::string(b.data(), b.size()); }
 std::uint64_t uptime_ms(clock::time_point since) {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - since).count());
@@ -42,15 +51,12 @@ std::string node_impl::sys_ping(request&) {
     msgpack::sbuffer buf;
     packer pk(buf);
     pk.pack_map(4);
-    pack_str(pk, "node");
-    pack_str(pk, opts.name);
-    pack_str(pk, "id");
-    pack_str(pk, hex(node_id));
+    field(pk, "node", opts.name);
+    field(pk, "id", hex(node_id));
     pack_str(pk, "time_us");
     pk.pack_uint64(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count()));
-    pack_str(pk, "uptime_ms");
-    pk.pack_uint64(uptime_ms(started_at_));
+    field(pk, "uptime_ms", uptime_ms(started_at_));
     return to_string(buf);
 }
 
@@ -58,12 +64,9 @@ std::string node_impl::sys_describe(request&) {
     msgpack::sbuffer buf;
     packer pk(buf);
     pk.pack_map(7);
-    pack_str(pk, "node");
-    pack_str(pk, opts.name);
-    pack_str(pk, "id");
-    pack_str(pk, hex(node_id));
-    pack_str(pk, "version");
-    pack_str(pk, "0.1.0");
+    field(pk, "node", opts.name);
+    field(pk, "id", hex(node_id));
+    field(pk, "version", "0.1.0");
     pack_str(pk, "protocol");
     pk.pack_uint32(protocol_version);
     pack_str(pk, "endpoints");
@@ -82,20 +85,15 @@ std::string node_impl::sys_describe(request&) {
     for (auto& s : services_) {
         if (s->name == system_service) continue;
         pk.pack_map(3);
-        pack_str(pk, "name");
-        pack_str(pk, s->name);
-        pack_str(pk, "doc");
-        pack_str(pk, s->doc);
+        field(pk, "name", s->name);
+        field(pk, "doc", s->doc);
         pack_str(pk, "methods");
         pk.pack_array(static_cast<std::uint32_t>(s->methods.size()));
         for (auto& m : s->methods) {
             pk.pack_map(5);
-            pack_str(pk, "name");
-            pack_str(pk, m->name);
-            pack_str(pk, "doc");
-            pack_str(pk, m->opts.doc);
-            pack_str(pk, "exec");
-            pack_str(pk, m->opts.exec == execution::inline_loop ? "inline" : "pool");
+            field(pk, "name", m->name);
+            field(pk, "doc", m->opts.doc);
+            field(pk, "exec", m->opts.exec == execution::inline_loop ? "inline" : "pool");
             pack_str(pk, "request");
             pack_raw(buf, pk, m->request_shape);
             pack_str(pk, "reply");
@@ -107,10 +105,8 @@ std::string node_impl::sys_describe(request&) {
     pk.pack_array(static_cast<std::uint32_t>(topics_decl_.size()));
     for (auto& t : topics_decl_) {
         pk.pack_map(3);
-        pack_str(pk, "name");
-        pack_str(pk, t.name);
-        pack_str(pk, "doc");
-        pack_str(pk, t.doc);
+        field(pk, "name", t.name);
+        field(pk, "doc", t.doc);
         pack_str(pk, "shape");
         pack_raw(buf, pk, t.shape);
     }
@@ -122,24 +118,17 @@ std::string node_impl::sys_stats(request&) {
     msgpack::sbuffer buf;
     packer pk(buf);
     pk.pack_map(8);
-    pack_str(pk, "node");
-    pack_str(pk, opts.name);
-    pack_str(pk, "uptime_ms");
-    pk.pack_uint64(uptime_ms(started_at_));
+    field(pk, "node", opts.name);
+    field(pk, "uptime_ms", uptime_ms(started_at_));
     pack_str(pk, "methods");
     pk.pack_array(static_cast<std::uint32_t>(s.methods.size()));
     for (auto& m : s.methods) {
         pk.pack_map(9);
-        pack_str(pk, "service");
-        pack_str(pk, m.service);
-        pack_str(pk, "method");
-        pack_str(pk, m.method);
-        pack_str(pk, "calls");
-        pk.pack_uint64(m.calls);
-        pack_str(pk, "errors");
-        pk.pack_uint64(m.errors);
-        pack_str(pk, "in_flight");
-        pk.pack_uint64(m.in_flight);
+        field(pk, "service", m.service);
+        field(pk, "method", m.method);
+        field(pk, "calls", m.calls);
+        field(pk, "errors", m.errors);
+        field(pk, "in_flight", m.in_flight);
         pack_str(pk, "errors_by_code");
         pk.pack_map(static_cast<std::uint32_t>(m.errors_by_code.size()));
         for (auto& [c, n] : m.errors_by_code) {
@@ -157,25 +146,16 @@ std::string node_impl::sys_stats(request&) {
     pk.pack_array(static_cast<std::uint32_t>(s.topics.size()));
     for (auto& t : s.topics) {
         pk.pack_map(5);
-        pack_str(pk, "topic");
-        pack_str(pk, t.topic);
-        pack_str(pk, "published");
-        pk.pack_uint64(t.published);
-        pack_str(pk, "dropped");
-        pk.pack_uint64(t.dropped);
-        pack_str(pk, "received");
-        pk.pack_uint64(t.received);
-        pack_str(pk, "gaps");
-        pk.pack_uint64(t.gaps);
+        field(pk, "topic", t.topic);
+        field(pk, "published", t.published);
+        field(pk, "dropped", t.dropped);
+        field(pk, "received", t.received);
+        field(pk, "gaps", t.gaps);
     }
-    pack_str(pk, "malformed");
-    pk.pack_uint64(s.malformed);
-    pack_str(pk, "unsupported_version");
-    pk.pack_uint64(s.unsupported_version);
-    pack_str(pk, "calls_sent");
-    pk.pack_uint64(s.calls_sent);
-    pack_str(pk, "call_errors");
-    pk.pack_uint64(s.call_errors);
+    field(pk, "malformed", s.malformed);
+    field(pk, "unsupported_version", s.unsupported_version);
+    field(pk, "calls_sent", s.calls_sent);
+    field(pk, "call_errors", s.call_errors);
     return to_string(buf);
 }
 
@@ -207,8 +187,7 @@ std::string node_impl::sys_publish(request& rq) {
     msgpack::sbuffer buf;
     packer pk(buf);
     pk.pack_map(1);
-    pack_str(pk, "seq");
-    pk.pack_uint64(seq);
+    field(pk, "seq", seq);
     return to_string(buf);
 }
 

@@ -16,7 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <shared_mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -61,19 +61,23 @@ struct channel {
     bool closed = false;
     std::atomic<bool> abandoned{false}; // owner thread exited
     std::unordered_map<std::string, zmq::socket_t> socks;
-    zmq::message_t scratch;
 };
 
-// Work handed from the io thread to a worker for a pool handler.
+// Work handed from the io thread to a worker for a pool handler. `view` points into
+// the last frame: moving the vector moves its buffer, not the messages.
 struct request_job {
     std::vector<zmq::message_t> frames; // routing frames + delimiter + envelope (last)
+    std::size_t route_len = 0;          // routing frames + delimiter
+    envelope_view view;
     clock::time_point received;
     method_entry* method = nullptr;
 };
 
-// A reply (or event) ready to leave on the io thread.
+// A reply ready to leave on the io thread: the request's frames, of which the first
+// route_len (routing frames + delimiter) go back in front of the envelope.
 struct outgoing_reply {
-    std::vector<zmq::message_t> route; // routing frames + delimiter
+    std::vector<zmq::message_t> frames;
+    std::size_t route_len = 0;
     std::string envelope;
 };
 
@@ -139,6 +143,12 @@ using command = std::variant<async_call_cmd, subscribe_cmd, connect_peer_cmd, co
 struct pub_item {
     std::string topic;
     std::string envelope;
+};
+
+// Lets unordered maps keyed by std::string be searched with a string_view.
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
 struct topic_counters {
@@ -236,8 +246,8 @@ private:
     void expire_calls(clock::time_point now);
     void tick_peers(clock::time_point now);
     void dispatch_request(std::vector<zmq::message_t>& frames);
-    void send_reply(std::vector<zmq::message_t>& route, const std::string& env);
-    void reply_error(std::vector<zmq::message_t>& route, std::uint64_t id, code c, std::string_view msg);
+    void send_reply(std::span<zmq::message_t> route, const std::string& env);
+    void reply_error(std::span<zmq::message_t> route, std::uint64_t id, code c, std::string_view msg);
     zmq::socket_t& async_socket(const std::string& endpoint);
     void complete(std::shared_ptr<pending_call> call, reply r);
     // Registers / removes an outstanding call on the I/O thread (pending_ and deadlines_).
@@ -320,7 +330,9 @@ private:
     std::condition_variable pub_space_;
     std::deque<pub_item> pubq_;
     std::size_t pub_queued_ = 0; // pubq_ + pub_backlog_, under pub_mu_
-    std::unordered_map<std::string, topic_counters> topics_;
+    std::unordered_map<std::string, topic_counters, string_hash, std::equal_to<>> topics_;
+    // The counters of a topic, found without building a string; under pub_mu_.
+    topic_counters& counters_of(std::string_view topic);
 
     // routes learnt from peers' describe: service -> endpoints
     mutable std::mutex routes_mu_;
