@@ -1,3 +1,5 @@
+#include <plexus/log.hpp>
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -6,9 +8,9 @@
 
 #include "detail/util.hpp"
 
-namespace plexus::detail {
+namespace plexus {
 
-std::string_view level_name(log_level l) noexcept {
+std::string_view to_string(log_level l) noexcept {
     switch (l) {
     case log_level::trace: return "trace";
     case log_level::debug: return "debug";
@@ -20,33 +22,71 @@ std::string_view level_name(log_level l) noexcept {
     return "info";
 }
 
-std::string kv(std::string_view key, std::string_view value) {
-    std::string out;
-    out.reserve(key.size() + value.size() + 4);
-    out += ' ';
-    out += key;
-    out += '=';
-    bool quote = value.empty();
+bool from_string(std::string_view s, log_level& out) noexcept {
+    char lower[8] = {};
+    if (s.size() >= sizeof lower) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) lower[i] = static_cast<char>(s[i] >= 'A' && s[i] <= 'Z' ? s[i] - 'A' + 'a' : s[i]);
+    std::string_view l(lower, s.size());
+    if (l == "warning") l = "warn";
+    for (auto level : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error, log_level::off})
+        if (l == to_string(level)) {
+            out = level;
+            return true;
+        }
+    return false;
+}
+
+void append_logfmt(std::string& line, std::string_view key, std::string_view value, bool always_quote) {
+    bool quote = always_quote || value.empty();
     for (char c : value)
-        if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20) quote = true;
+        if (c == ' ' || c == '=' || c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) quote = true;
+    if (!line.empty()) line += ' ';
+    line += key;
+    line += '=';
     if (!quote) {
-        out += value;
-        return out;
+        line += value;
+        return;
     }
-    out += '"';
+    line += '"';
     for (char c : value) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += c;
-        } else if (static_cast<unsigned char>(c) < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(c));
-            out += buf;
-        } else {
-            out += c;
+        switch (c) {
+        case '"': line += "\\\""; break;
+        case '\\': line += "\\\\"; break;
+        case '\n': line += "\\n"; break;
+        case '\r': line += "\\r"; break;
+        case '\t': line += "\\t"; break;
+        default:
+            if (static_cast<unsigned char>(c) < 0x20) {
+                char esc[8];
+                std::snprintf(esc, sizeof esc, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+                line += esc;
+            } else {
+                line += c;
+            }
         }
     }
-    out += '"';
+    line += '"';
+}
+
+std::string utc_timestamp() {
+    using namespace std::chrono;
+    const auto now = system_clock::now();
+    const auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+    const std::time_t t = system_clock::to_time_t(now);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    return buf;
+}
+
+namespace detail {
+
+std::string kv(std::string_view key, std::string_view value) {
+    std::string out;
+    append_logfmt(out, key, value);
+    out.insert(out.begin(), ' '); // a field that follows others
     return out;
 }
 
@@ -68,26 +108,17 @@ logger::logger(std::string node, log_level level, std::function<void(log_level, 
 
 void logger::write(log_level l, std::string_view msg, std::string_view kvs) const {
     if (!enabled(l)) return;
-    using namespace std::chrono;
-    auto now = system_clock::now();
-    auto t = system_clock::to_time_t(now);
-    auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char ts[64];
-    std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-    std::string line = "ts=";
-    line += ts;
-    line += kv("level", level_name(l));
-    line += kv("node", node_);
+    std::string line;
+    append_logfmt(line, "ts", utc_timestamp());
+    append_logfmt(line, "level", to_string(l));
+    append_logfmt(line, "node", node_);
     if (auto* c = context::current()) {
         if (auto t = c->trace_id(); !t.empty()) {
-            line += kv("trace_id", t);
-            line += kv("span_id", c->span_id());
+            append_logfmt(line, "trace_id", t);
+            append_logfmt(line, "span_id", c->span_id());
         }
     }
-    line += kv("msg", msg);
+    append_logfmt(line, "msg", msg);
     line += kvs;
     if (sink_) {
         sink_(l, line);
@@ -97,4 +128,5 @@ void logger::write(log_level l, std::string_view msg, std::string_view kvs) cons
     }
 }
 
-} // namespace plexus::detail
+} // namespace detail
+} // namespace plexus

@@ -224,7 +224,7 @@ std::optional<cli> parse(int argc, char** argv) {
     c.compact = vm["compact"].as<bool>();
     c.max_message_size = vm["max-message-size"].as<std::int64_t>();
     if (c.max_message_size <= 0) throw usage_error("--max-message-size must be positive");
-    if (!pn::parse_level(vm["log-level"].as<std::string>(), c.log))
+    if (!plexus::from_string(vm["log-level"].as<std::string>(), c.log))
         throw usage_error("--log-level must be trace|debug|info|warn|error|off");
     c.json_out = vm["json"].as<bool>();
     if (vm.count("wait")) c.wait_ms = vm["wait"].as<unsigned>();
@@ -735,12 +735,12 @@ int cmd_watch(cli& c) {
         if (as_json) {
             json j = peer_json(p);
             j.erase("age_ms");
-            j["ts"] = pn::utc_timestamp();
+            j["ts"] = plexus::utc_timestamp();
             j["event"] = kind;
             if (e.kind == disc::event_kind::leave) j["reason"] = std::string(disc::to_string(e.reason));
             print_line(pn::dump(j));
         } else {
-            std::string line = pn::utc_timestamp() + " " + kind + std::string(7 - kind.size(), ' ') + p.name + " " +
+            std::string line = plexus::utc_timestamp() + " " + kind + std::string(7 - kind.size(), ' ') + p.name + " " +
                                short_id(p.id) + " inc=" + std::to_string(p.incarnation);
             if (e.kind == disc::event_kind::leave)
                 line += " reason=" + std::string(disc::to_string(e.reason));

@@ -16,16 +16,8 @@
 
 namespace plexus::nodes {
 
-[[nodiscard]] std::string_view level_name(log_level l) noexcept;
-// "trace" | "debug" | "info" | "warn" | "error" | "off" (case-insensitive, "warning" too).
-[[nodiscard]] bool parse_level(std::string_view s, log_level& out) noexcept;
-
-// UTC wall-clock time with milliseconds: 2026-11-23T12:00:00.123Z.
-[[nodiscard]] std::string utc_timestamp();
-
-// Appends " key=value", quoting the value when it is empty or holds a space, '=',
-// '"', a backslash or a control character (or always, when asked).
-void append_field(std::string& line, std::string_view key, std::string_view value, bool always_quote = false);
+// Levels, field quoting and timestamps come from <plexus/log.hpp>; this is the
+// process-wide writer around them.
 
 using log_field = std::pair<std::string_view, std::string_view>;
 

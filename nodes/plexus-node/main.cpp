@@ -219,7 +219,7 @@ std::optional<settings> parse(int argc, char** argv) {
         o.publish_overflow = plexus::overflow::drop;
     else
         throw usage_error("--overflow must be block or drop, not '" + ov + "'");
-    if (!pn::parse_level(vm["log-level"].as<std::string>(), o.log))
+    if (!plexus::from_string(vm["log-level"].as<std::string>(), o.log))
         throw usage_error("--log-level must be trace|debug|info|warn|error|off, not '" + vm["log-level"].as<std::string>() + "'");
     o.remote_publish = vm["allow-publish"].as<bool>();
     s.heartbeat = std::chrono::milliseconds(vm["heartbeat-interval"].as<unsigned>());

@@ -22,18 +22,6 @@ struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-bool parse_level(std::string_view s, plexus::log_level& out) {
-    static constexpr std::pair<std::string_view, plexus::log_level> table[] = {
-        {"trace", plexus::log_level::trace}, {"debug", plexus::log_level::debug}, {"info", plexus::log_level::info},
-        {"warn", plexus::log_level::warn},   {"error", plexus::log_level::error}, {"off", plexus::log_level::off}};
-    for (auto& [name, level] : table)
-        if (s == name) {
-            out = level;
-            return true;
-        }
-    return false;
-}
-
 long to_long(const std::string& key, const std::string& v) {
     char* end = nullptr;
     errno = 0;
@@ -99,7 +87,7 @@ options parse(int argc, char** argv, std::string role, std::string_view about, s
     try {
         if (const char* v = std::getenv("PLEXUS_CLUSTER"); v && *v) o.cluster = v;
         if (const char* v = std::getenv("PLEXUS_DISCOVERY_PORT"); v && *v) o.discovery_port = to_port("discovery-port", v);
-        if (const char* v = std::getenv("PLEXUS_LOG_LEVEL"); v && *v && !parse_level(v, o.log))
+        if (const char* v = std::getenv("PLEXUS_LOG_LEVEL"); v && *v && !plexus::from_string(v, o.log))
             throw usage_error("PLEXUS_LOG_LEVEL must be trace|debug|info|warn|error|off");
 
         for (int i = 1; i < argc; ++i) {
@@ -131,7 +119,7 @@ options parse(int argc, char** argv, std::string role, std::string_view about, s
             } else if (key == "name") {
                 o.name = value;
             } else if (key == "log-level") {
-                if (!parse_level(value, o.log)) throw usage_error("--log-level must be trace|debug|info|warn|error|off");
+                if (!plexus::from_string(value, o.log)) throw usage_error("--log-level must be trace|debug|info|warn|error|off");
             } else if (key == "beacon-ms") {
                 const long ms = to_long(key, value);
                 if (ms < 10 || ms > 60000) throw usage_error("--beacon-ms must be within 10..60000");

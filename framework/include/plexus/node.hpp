@@ -37,6 +37,7 @@
 #include <plexus/error.hpp>
 #include <plexus/headers.hpp>
 #include <plexus/interceptor.hpp>
+#include <plexus/log.hpp>
 
 namespace plexus {
 
@@ -71,8 +72,6 @@ enum class overflow : std::uint8_t {
     block, // publish() waits for room (ZMQ_XPUB_NODROP back-pressure), bounded by the call's timeout
     drop,  // publish() returns false and the drop is counted
 };
-
-enum class log_level : std::uint8_t { trace, debug, info, warn, error, off };
 
 // How a call picks one of the live instances of a service.
 enum class balance_policy : std::uint8_t {

@@ -133,7 +133,6 @@ private:
 // " key=value", quoting the value when it holds spaces, quotes or '='.
 std::string kv(std::string_view key, std::string_view value);
 std::string kv(std::string_view key, std::uint64_t value);
-std::string_view level_name(log_level l) noexcept;
 std::string hex(std::string_view bytes);
 
 } // namespace plexus::detail
