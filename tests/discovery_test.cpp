@@ -41,6 +41,8 @@
 
 #include <msgpack.hpp>
 
+#include "netns.hpp"
+
 namespace disc = plexus::discovery;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
@@ -555,44 +557,45 @@ TEST_CASE("agents on one host see each other, with payload, at once", "[discover
     }
 }
 
-TEST_CASE("graceful stop: peers drop the node at once", "[discovery]") {
-    const auto cluster = unique_cluster("leave");
-    const auto port = free_udp_port();
-    recorder ra;
-    disc::agent a(options(cluster, port, "stays", 1000ms));
-    ra.attach(a);
-    a.start();
-    {
-        disc::agent b(options(cluster, port, "goes", 1000ms));
+// A watching agent `a` and a second agent `b` on a fresh cluster and port; constructed once
+// `a` saw `b` join.
+struct watched_pair {
+    watched_pair(const std::string& what, const std::string& a_name, const std::string& b_name,
+                 std::chrono::milliseconds interval)
+        : cluster(unique_cluster(what)), port(free_udp_port()), a(options(cluster, port, a_name, interval)),
+          b(options(cluster, port, b_name, interval)) {
+        ra.attach(a);
+        a.start();
         b.start();
-        REQUIRE(ra.wait_for(disc::event_kind::join, "goes"));
-        const auto t0 = clk::now();
-        b.stop();
-        // Expiry would take 3 x 1 s; the reason tells a leave beacon from expiry.
-        auto left = ra.wait_for(disc::event_kind::leave, "goes", 2500ms);
-        REQUIRE(left);
-        CHECK(left->reason == disc::leave_reason::graceful);
-        WARN("leave seen "
-             << std::chrono::duration_cast<std::chrono::microseconds>(clk::now() - t0).count() << " us after stop()");
-        CHECK(a.peers().empty());
-        CHECK_FALSE(b.running());
-        b.stop();  // idempotent
+        REQUIRE(ra.wait_for(disc::event_kind::join, b_name));
     }
+    std::string cluster;
+    std::uint16_t port;
+    recorder ra;
+    disc::agent a;
+    disc::agent b;
+};
+
+TEST_CASE("graceful stop: peers drop the node at once", "[discovery]") {
+    watched_pair p("leave", "stays", "goes", 1000ms);
+    const auto t0 = clk::now();
+    p.b.stop();
+    // Expiry would take 3 x 1 s; the reason tells a leave beacon from expiry.
+    auto left = p.ra.wait_for(disc::event_kind::leave, "goes", 2500ms);
+    REQUIRE(left);
+    CHECK(left->reason == disc::leave_reason::graceful);
+    WARN("leave seen "
+         << std::chrono::duration_cast<std::chrono::microseconds>(clk::now() - t0).count() << " us after stop()");
+    CHECK(p.a.peers().empty());
+    CHECK_FALSE(p.b.running());
+    p.b.stop();  // idempotent
 }
 
 TEST_CASE("expiry: a silent node is dropped after missed intervals", "[discovery]") {
-    const auto cluster = unique_cluster("expiry");
-    const auto port = free_udp_port();
-    recorder ra;
-    disc::agent a(options(cluster, port, "watcher", 50ms));
-    ra.attach(a);
-    a.start();
-    disc::agent b(options(cluster, port, "crasher", 50ms));
-    b.start();
-    REQUIRE(ra.wait_for(disc::event_kind::join, "crasher"));
+    watched_pair p("expiry", "watcher", "crasher", 50ms);
     const auto t0 = clk::now();
-    b.halt();  // no leave beacon
-    auto left = ra.wait_for(disc::event_kind::leave, "crasher", 3s);
+    p.b.halt();  // no leave beacon
+    auto left = p.ra.wait_for(disc::event_kind::leave, "crasher", 3s);
     REQUIRE(left);
     CHECK(left->reason == disc::leave_reason::expired);
     WARN("expired after " << std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count()
@@ -600,15 +603,10 @@ TEST_CASE("expiry: a silent node is dropped after missed intervals", "[discovery
 }
 
 TEST_CASE("mark_dead drops a peer and ignores its late beacons, forget does not", "[discovery]") {
-    const auto cluster = unique_cluster("dead");
-    const auto port = free_udp_port();
-    recorder ra;
-    disc::agent a(options(cluster, port, "framework", 50ms));
-    ra.attach(a);
-    a.start();
-    disc::agent b(options(cluster, port, "flaky", 50ms));
-    b.start();
-    REQUIRE(ra.wait_for(disc::event_kind::join, "flaky"));
+    watched_pair p("dead", "framework", "flaky", 50ms);
+    auto& ra = p.ra;
+    auto& a = p.a;
+    auto& b = p.b;
 
     a.forget(b.id());
     auto f = ra.wait_for(disc::event_kind::leave, "flaky");
@@ -964,61 +962,10 @@ TEST_CASE("separate processes on one host share the port, a killed one expires",
 
 namespace {
 
-// Three namespaces a, b, c on a bridge living in a fourth: 10.200.0.1-3/24.
-class netns_lan {
+// The LAN of tests/netns.hpp at 10.200.0.1-3/24.
+class netns_lan : public netns::lan {
 public:
-    netns_lan() : prefix_("plxd" + std::to_string(::getpid())) {
-        remove_stale();
-        if (sh("ip netns add " + prefix_ + "br") != 0) return;
-        created_.push_back(prefix_ + "br");
-        bool ok = sh("ip -n " + prefix_ + "br link add br0 type bridge") == 0 &&
-                  sh("ip -n " + prefix_ + "br link set br0 up") == 0;
-        const char* hosts[] = {"a", "b", "c"};
-        for (int i = 0; ok && i < 3; ++i) {
-            const std::string ns = prefix_ + hosts[i], veth = "v" + std::to_string(::getpid()) + hosts[i];
-            ok = sh("ip netns add " + ns) == 0;
-            if (ok) created_.push_back(ns);
-            ok = ok && sh("ip -n " + ns + " link set lo up") == 0 &&
-                 sh("ip -n " + ns + " link add eth0 type veth peer name " + veth + " netns " + prefix_ + "br") == 0 &&
-                 sh("ip -n " + prefix_ + "br link set " + veth + " master br0") == 0 &&
-                 sh("ip -n " + prefix_ + "br link set " + veth + " up") == 0 &&
-                 sh("ip -n " + ns + " addr add 10.200.0." + std::to_string(i + 1) + "/24 brd + dev eth0") == 0 &&
-                 sh("ip -n " + ns + " link set eth0 up") == 0;
-        }
-        ok_ = ok;
-    }
-    ~netns_lan() {
-        for (auto it = created_.rbegin(); it != created_.rend(); ++it) sh("ip netns del " + *it);
-    }
-    [[nodiscard]] bool ok() const { return ok_; }
-    [[nodiscard]] std::string ns(char host) const { return prefix_ + host; }
-
-private:
-    // Namespaces of an earlier run of this test that died before its cleanup.
-    static void remove_stale() {
-        FILE* f = ::popen("ip netns list 2>/dev/null", "r");
-        if (!f) return;
-        char line[256];
-        std::vector<std::string> stale;
-        while (std::fgets(line, sizeof line, f)) {
-            std::string name = line;
-            name = name.substr(0, name.find_first_of(" \n"));
-            if (name.rfind("plxd", 0) != 0) continue;
-            std::size_t i = 4;
-            while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
-            if (i == 4) continue;
-            const auto rest = name.substr(i);
-            if (rest != "a" && rest != "b" && rest != "c" && rest != "br") continue;
-            const pid_t pid = static_cast<pid_t>(std::stol(name.substr(4, i - 4)));
-            if (::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
-        }
-        ::pclose(f);
-        for (const auto& n : stale) sh("ip netns del " + n);
-    }
-
-    std::string prefix_;
-    std::vector<std::string> created_;
-    bool ok_ = false;
+    netns_lan() : netns::lan("plxd", "10.200.0.", "v") {}
 };
 
 } // namespace
@@ -1035,7 +982,7 @@ TEST_CASE("several hosts: three network namespaces discover each other by LAN br
     }
     const auto cluster = unique_cluster("lan");
     const auto exe = self_exe();
-    const std::string port = "5690";  // each namespace has its own port space
+    const auto port = std::to_string(free_udp_port());  // free here; a fresh namespace binds nothing
     std::vector<std::unique_ptr<child>> probes;
     const auto t0 = clk::now();
     for (char h : {'a', 'b', 'c'})

@@ -36,6 +36,7 @@
 #include <future>
 #include <plexus/node.hpp>
 
+#include "netns.hpp"
 #include "testutil.hpp"
 
 extern char** environ;
@@ -872,8 +873,17 @@ TEST_CASE("plexus call: JSON bodies, headers, stdin, errors as exit codes and on
 }
 
 TEST_CASE("plexus call to an endpoint where nothing listens fails by its deadline", "[process]") {
-    // Port 1 on loopback: nothing listens there and nothing leaves the machine.
-    auto r = plexus_cli({"call", "tcp://127.0.0.1:1", "echo.echo", "{}", "--timeout", "300"}, 5s);
+    // A loopback port held bound but not listening for the whole call: nothing can listen there.
+    fd_guard held(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(held.fd >= 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    REQUIRE(::bind(held.fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::getsockname(held.fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0);
+    const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+    auto r = plexus_cli({"call", endpoint, "echo.echo", "{}", "--timeout", "300"}, 5s);
     INFO(r.err);
     CHECK((r.code == 68 || r.code == 78)); // DEADLINE_EXCEEDED or UNAVAILABLE
     CHECK(r.err_lines().size() == 1);
@@ -1034,16 +1044,27 @@ TEST_CASE("plexus-node stops cleanly on SIGTERM and SIGINT", "[process]") {
     }
 }
 
+namespace {
+
+// Polls a node's log (a file: no event to wait on) until it holds `text`; bounded.
+bool log_has(node_process& n, const std::string& text, ms bound = 10s) {
+    const auto deadline = steady::now() + bound;
+    while (n.log().find(text) == std::string::npos) {
+        if (steady::now() >= deadline) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+    return true;
+}
+
+} // namespace
+
 TEST_CASE("plexus-node --connect: B learns A's services through A's describe", "[process]") {
     temp_dir dir;
     node_process a(dir, "a", {"--echo"});
     node_process b(dir, "b", {"--connect", a.rpc});
     INFO("a log:\n" << a.log() << "\nb log:\n" << b.log());
-    // B's log says when A's describe answered; a log file has no event to wait on: poll it, bounded.
-    const std::string described = "msg=\"peer described\" peer=" + a.rpc + " services=1";
-    const auto deadline = steady::now() + 10s;
-    while (b.log().find(described) == std::string::npos && steady::now() < deadline) std::this_thread::sleep_for(20ms);
-    CHECK(b.log().find(described) != std::string::npos);
+    // B's log says when A's describe answered.
+    CHECK(log_has(b, "msg=\"peer described\" peer=" + a.rpc + " services=1"));
 
     auto st = plexus_cli({"stats", a.rpc});
     REQUIRE(st.code == 0);
@@ -1289,16 +1310,6 @@ std::set<std::string> names_of(const json& peers) {
 }
 
 json line_json(const std::string& l) { return json::accept(l) ? json::parse(l) : json(); }
-
-// Polls a node's log (a file: no event to wait on) until it holds `text`; bounded.
-bool log_has(node_process& n, const std::string& text, ms bound = 10s) {
-    const auto deadline = steady::now() + bound;
-    while (n.log().find(text) == std::string::npos) {
-        if (steady::now() >= deadline) return false;
-        std::this_thread::sleep_for(10ms);
-    }
-    return true;
-}
 
 std::string whoami(plexus::node& client, const plexus::call_options& o = {}) {
     auto r = client.call_raw("echo", "whoami", "", o);
@@ -1672,68 +1683,15 @@ int sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c
 
 const std::string ip_exe = "/usr/sbin/ip";
 
-// Three namespaces a, b, c on a bridge living in a fourth, addresses 10.200.7.1-3/24,
-// named with this process' id; removed by the destructor (also when a test fails),
-// leftovers of a crashed earlier run by the constructor.
-class netns_lan {
+// The LAN of tests/netns.hpp at 10.200.7.1-3/24.
+class netns_lan : public netns::lan {
 public:
     static constexpr const char* subnet = "10.200.7.";
 
-    netns_lan() : prefix_("plxp" + std::to_string(::getpid())) {
-        remove_stale();
-        if (sh("ip netns add " + prefix_ + "br") != 0) return;
-        created_.push_back(prefix_ + "br");
-        bool ok = sh("ip -n " + prefix_ + "br link add br0 type bridge") == 0 &&
-                  sh("ip -n " + prefix_ + "br link set br0 up") == 0;
-        for (char h : {'a', 'b', 'c'}) {
-            if (!ok) break;
-            const std::string ns = this->ns(h), veth = "vp" + std::to_string(::getpid()) + h;
-            ok = sh("ip netns add " + ns) == 0;
-            if (ok) created_.push_back(ns);
-            ok = ok && sh("ip -n " + ns + " link set lo up") == 0 &&
-                 sh("ip -n " + ns + " link add eth0 type veth peer name " + veth + " netns " + prefix_ + "br") == 0 &&
-                 sh("ip -n " + prefix_ + "br link set " + veth + " master br0") == 0 &&
-                 sh("ip -n " + prefix_ + "br link set " + veth + " up") == 0 &&
-                 sh("ip -n " + ns + " addr add " + address(h) + "/24 brd + dev eth0") == 0 &&
-                 sh("ip -n " + ns + " link set eth0 up") == 0;
-        }
-        ok_ = ok;
-    }
-    ~netns_lan() {
-        for (auto it = created_.rbegin(); it != created_.rend(); ++it) sh("ip netns del " + *it);
-    }
-    netns_lan(const netns_lan&) = delete;
-    netns_lan& operator=(const netns_lan&) = delete;
+    netns_lan() : netns::lan("plxp", subnet, "vp") {}
 
-    [[nodiscard]] bool ok() const { return ok_; }
-    [[nodiscard]] std::string ns(char host) const { return prefix_ + host; }
     [[nodiscard]] static std::string address(char host) { return subnet + std::to_string(host - 'a' + 1); }
     [[nodiscard]] std::vector<std::string> exec_in(char host) const { return {ip_exe, "netns", "exec", ns(host)}; }
-
-private:
-    static void remove_stale() {
-        FILE* f = ::popen("ip netns list 2>/dev/null", "r");
-        if (!f) return;
-        char line[256];
-        std::vector<std::string> stale;
-        while (std::fgets(line, sizeof line, f)) {
-            std::string name = line;
-            name = name.substr(0, name.find_first_of(" \n"));
-            if (name.rfind("plxp", 0) != 0) continue;
-            std::size_t i = 4;
-            while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
-            const auto rest = name.substr(i);
-            if (i == 4 || (rest != "a" && rest != "b" && rest != "c" && rest != "br")) continue;
-            const pid_t pid = static_cast<pid_t>(std::stol(name.substr(4, i - 4)));
-            if (::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
-        }
-        ::pclose(f);
-        for (const auto& n : stale) sh("ip netns del " + n);
-    }
-
-    std::string prefix_;
-    std::vector<std::string> created_;
-    bool ok_ = false;
 };
 
 } // namespace
