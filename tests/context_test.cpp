@@ -23,7 +23,7 @@ seen_ctx capture(const plexus::context& c) {
             std::string(c.headers.get_or("authorization", "")),
             std::string(c.trace_id()),
             std::string(c.span_id()),
-            c.parent_span_id,
+            std::string(c.parent_span_id()),
             std::string(c.headers.get_or("call-chain", "")),
             std::string(c.headers.get_or("hop-token", ""))};
 }

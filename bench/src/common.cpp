@@ -1,15 +1,19 @@
 #include "common.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -41,6 +45,8 @@ sizes sizes_for(mode m) {
         s.codec_iterations = 100000;
         s.codec_batches = 3;
         s.idle_cpu_seconds = 2.0;
+        s.discovery_starts = 5;
+        s.failovers = 3;
     } else if (m == mode::smoke) {
         s.latency_calls = 200;
         s.latency_rounds = 1;
@@ -53,6 +59,8 @@ sizes sizes_for(mode m) {
         s.codec_iterations = 2000;
         s.codec_batches = 1;
         s.idle_cpu_seconds = 0.2;
+        s.discovery_starts = 2;
+        s.failovers = 1;
     }
     return s;
 }
@@ -67,6 +75,14 @@ std::string_view mode_name(mode m) {
 }
 
 // ---------------------------------------------------------------- fixtures
+
+plexus::node_options node_options_for(std::string name) {
+    plexus::node_options o;
+    o.name = std::move(name);
+    o.log = plexus::log_level::warn;
+    o.tracing = plexus::trace_mode::propagate;
+    return o;
+}
 
 plexus::headers six_headers() {
     std::string token = "Bearer ";
@@ -128,6 +144,26 @@ std::string from_hex(std::string_view hex) {
     std::string out(hex.size() / 2, '\0');
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<char>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));
     return out;
+}
+
+std::uint16_t free_udp_port() {
+    const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "socket");
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY); // as the discovery listener binds
+    socklen_t len = sizeof a;
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+    const int err = errno;
+    ::close(fd);
+    if (!ok) throw std::system_error(err, std::generic_category(), "free UDP port");
+    return ntohs(a.sin_port);
+}
+
+std::string unique_cluster(std::string_view what) {
+    static std::atomic<int> n{0};
+    return "bench-" + std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
 }
 
 // ---------------------------------------------------------------- child processes

@@ -14,6 +14,7 @@
 
 #include <plexus/envelope.hpp>
 #include <plexus/headers.hpp>
+#include <plexus/node.hpp>
 
 namespace bench {
 
@@ -48,6 +49,8 @@ struct sizes {
     int codec_iterations = 200000;   // per batch
     int codec_batches = 7;
     double idle_cpu_seconds = 10.0;
+    int discovery_starts = 20;       // start -> first call by name, per row
+    int failovers = 10;              // SIGKILL -> failover
 };
 sizes sizes_for(mode m);
 std::string_view mode_name(mode m);
@@ -60,6 +63,12 @@ inline constexpr std::string_view method_pool = "echo_pool";
 inline constexpr std::string_view topic = "b";      // measured events
 inline constexpr std::string_view warm_topic = "w"; // slow-joiner handshake
 
+// Options of every Plexus node in the bench: warnings only, and tracing that carries
+// a trace on but starts none (trace_mode::propagate), so that "no headers" means an
+// envelope without headers; messages with the six headers carry a traceparent and get
+// a span per hop as with the default (trace_mode::start).
+plexus::node_options node_options_for(std::string name);
+
 // The six context headers of the issue, one of them a 200-character token.
 plexus::headers six_headers();
 std::string body_of(std::size_t n);
@@ -70,6 +79,12 @@ plexus::envelope_view request_view(const std::string& body, const plexus::header
 
 std::string to_hex(std::string_view bytes);
 std::string from_hex(std::string_view hex);
+
+// Discovery without crosstalk: a UDP port free right now (bound to port 0 and read
+// back) and a cluster name of this process alone, so that two runs on one host (or
+// the test suite beside a benchmark) never see each other's nodes.
+std::uint16_t free_udp_port();
+std::string unique_cluster(std::string_view what);
 
 // ---------------------------------------------------------------- child processes
 

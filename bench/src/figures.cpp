@@ -1,11 +1,17 @@
 // The orchestrator side of each figure: Plexus and its raw libzmq baseline in the
 // same run, servers and publishers in child processes.
+#include <signal.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
 #include <semaphore>
 #include <stdexcept>
 #include <string>
@@ -26,12 +32,10 @@ namespace {
 constexpr auto spawn_timeout = 15s;
 
 plexus::node_options client_options(const std::string& server_ep) {
-    plexus::node_options o;
-    o.name = "bench-client";
+    auto o = node_options_for("bench-client");
     o.bind = {};
     o.pub_bind = {};
     o.connect = {server_ep};
-    o.log = plexus::log_level::warn;
     return o;
 }
 
@@ -88,10 +92,8 @@ wire_bytes capture(std::size_t body_size, bool with_headers) {
     router.set(zmq::sockopt::rcvtimeo, 5000);
     router.set(zmq::sockopt::linger, 0);
     router.bind("tcp://127.0.0.1:*");
-    plexus::node_options co_opts;
-    co_opts.name = "bench-capture";
+    auto co_opts = node_options_for("bench-capture");
     co_opts.bind = {};
-    co_opts.log = plexus::log_level::warn;
     plexus::node cli(co_opts);
     cli.start();
     plexus::call_options co;
@@ -102,10 +104,8 @@ wire_bytes capture(std::size_t body_size, bool with_headers) {
     w.request = recv_all(router).back().to_string();
 
     // The reply: that request sent to a Plexus server by a raw DEALER.
-    plexus::node_options so;
-    so.name = "bench-capture-server";
+    auto so = node_options_for("bench-capture-server");
     so.pub_bind = {};
-    so.log = plexus::log_level::warn;
     plexus::node srv(so);
     srv.serve(std::string(service)).raw_method(std::string(method_inline), [](plexus::request& rq) {
         return std::string(rq.body);
@@ -659,9 +659,409 @@ void fig5_resources(const sizes& s, report& r) {
 
 // ---------------------------------------------------------------- 6. discovery
 
-void fig6_discovery(const sizes&, report& r) {
-    r.rows.push_back({"6", "discovery: start -> first call by name; SIGKILL -> failover",
-                      "n/a until discovery lands", "-", "-", "-", "placeholder"});
+namespace {
+
+// Every wait of figure 6 is bounded by this: a bug fails a sample with a note.
+constexpr auto discovery_bound = 5s;
+constexpr std::string_view disc_service = "bench-disc";
+
+plexus::node_options discovering(std::string name, const std::string& cluster, std::uint16_t port) {
+    plexus::node_options o;
+    o.name = std::move(name);
+    o.log = plexus::log_level::warn;
+    plexus::discovery::beacon_options d;
+    d.cluster = cluster;
+    d.port = port; // the default interval (1 s) and target (127.255.255.255: this host only)
+    o.discovery = d;
+    return o;
+}
+
+// When a client node saw each peer (by name) join and leave, and a bounded wait for
+// the next peer event. Declared before the node it watches, so that it outlives the
+// handler; the handler runs after the node's own (registered later), so a route is
+// in place when a waiter wakes.
+class peer_watch {
+public:
+    struct times {
+        long long joined_ns = 0, left_ns = 0;
+        plexus::discovery::leave_reason reason = plexus::discovery::leave_reason::none;
+    };
+    void attach(plexus::node& n) {
+        n.on_peer_event([this](const plexus::discovery::event& e) {
+            const long long t = now_ns();
+            std::lock_guard lk(mu_);
+            ++events_;
+            auto& p = peers_[e.node.name];
+            if (e.kind == plexus::discovery::event_kind::join) p.joined_ns = t;
+            if (e.kind == plexus::discovery::event_kind::leave) {
+                p.left_ns = t;
+                p.reason = e.reason;
+            }
+            cv_.notify_all();
+        });
+    }
+    std::uint64_t events() {
+        std::lock_guard lk(mu_);
+        return events_;
+    }
+    // Until an event after the `seen`-th, at most `bound`.
+    void wait_next(std::uint64_t seen, std::chrono::microseconds bound) {
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, bound, [&] { return events_ > seen; });
+    }
+    // Until `name` joined (left, with `leave`), at most `bound`; its times either way.
+    times wait_for(const std::string& name, bool leave, std::chrono::milliseconds bound) {
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, bound, [&] {
+            auto it = peers_.find(name);
+            return it != peers_.end() && (leave ? it->second.left_ns : it->second.joined_ns) != 0;
+        });
+        auto it = peers_.find(name);
+        return it == peers_.end() ? times{} : it->second;
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::uint64_t events_ = 0;
+    std::map<std::string, times> peers_;
+};
+
+std::string ms_cell(std::vector<double> v) {
+    if (v.empty()) return "failed (see notes)";
+    const auto p = percentiles_of(v);
+    return fmt("p50 %.2f ms / max %.2f ms", p.p50, v.back());
+}
+
+std::string p50_ms(std::vector<double> v) {
+    if (v.empty()) return "-";
+    return fmt("%.2f", percentiles_of(v).p50);
+}
+
+double ms_between(long long t0, long long t1) { return static_cast<double>(t1 - t0) / 1e6; }
+
+// Counts the samples that failed, keeps the first reason of each kind for the notes.
+struct failures {
+    std::map<std::string, std::pair<int, std::string>> by_what;
+    void add(const std::string& what, const std::string& why) {
+        auto& f = by_what[what];
+        if (f.first++ == 0) f.second = why;
+    }
+    void to_notes(report& r) const {
+        for (auto& [what, f] : by_what)
+            r.notes.push_back("figure 6, " + what + ": " + std::to_string(f.first) +
+                              " run(s) failed or were odd, first: " + f.second);
+    }
+};
+
+// 6a. A server node in this process; a fresh node (default options) constructed and
+// started each time, timed to its first successful call by name.
+void start_in_process(const sizes& s, report& r, failures& fails) {
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("fig6-local");
+    plexus::node srv(discovering("disc-server", cluster, port));
+    srv.serve(std::string(disc_service))
+        .raw_method("who", [](plexus::request&) { return std::string("disc-server"); },
+                    {.exec = plexus::execution::inline_loop});
+    srv.start();
+    std::vector<double> total, started, joined;
+    for (int i = 0; i < s.discovery_starts; ++i) {
+        peer_watch w;
+        const long long t0 = now_ns();
+        plexus::node cli(discovering("disc-client", cluster, port));
+        w.attach(cli);
+        cli.start();
+        const long long t_started = now_ns();
+        const auto rep = cli.call_raw(disc_service, "who", "", {.timeout = discovery_bound});
+        const long long t1 = now_ns();
+        if (!rep.ok()) {
+            fails.add("start -> first call, in process", rep.status.message);
+            continue;
+        }
+        total.push_back(ms_between(t0, t1));
+        started.push_back(ms_between(t0, t_started));
+        if (const auto j = w.wait_for("disc-server", false, 0ms).joined_ns) joined.push_back(ms_between(t0, j));
+        cli.stop();
+    }
+    r.rows.push_back({"6",
+                      fmt("discovery: start -> first ok call by name: a fresh node in this process (constructed, "
+                          "started, calling), the server node already running (%d runs)",
+                          s.discovery_starts),
+                      ms_cell(total), "-", "-", "-", "measured"});
+    r.rows.push_back({"6", "  of which start() returned / the server joined its table (p50)",
+                      p50_ms(started) + " / " + p50_ms(joined) + " ms", "-", "-", "(info)", ""});
+    srv.stop();
+}
+
+// 6b. A running client node; a server process spawned each time (a service name of its
+// own), timed from the fork to the client's first successful call by name. The client
+// retries at each peer event (and every 2 ms): an unknown name fails at once.
+void start_process(const sizes& s, report& r, failures& fails) {
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("fig6-proc");
+    peer_watch w;
+    plexus::node cli(discovering("disc-client", cluster, port));
+    w.attach(cli);
+    cli.start();
+    // A client running for a while: past discovery's first interval, resolution no
+    // longer waits for a name it does not know (a fresh node's does: 6a). This call
+    // returns when that window closes.
+    if (const auto none = cli.call_raw("bench-nobody", "who", "", {.timeout = discovery_bound});
+        none.status.code != plexus::code::unavailable)
+        throw std::runtime_error("figure 6: a call to a service nobody offers ended with " +
+                                 std::string(plexus::to_string(none.status.code)));
+    std::vector<double> total, entered, started, joined;
+    long retries = 0;
+    for (int i = 0; i < s.discovery_starts; ++i) {
+        const std::string svc = fmt("%s-%d", std::string(disc_service).c_str(), i);
+        const std::string inst = fmt("disc-proc-%d", i);
+        const long long t0 = now_ns();
+        auto c = child::spawn({"discovery-server", cluster, std::to_string(port), svc, inst});
+        plexus::reply rep;
+        for (;;) {
+            const auto seen = w.events();
+            rep = cli.call_raw(svc, "who", "", {.timeout = 1s});
+            if (rep.ok() || now_ns() - t0 > std::chrono::nanoseconds(discovery_bound).count()) break;
+            ++retries;
+            w.wait_next(seen, 2ms);
+        }
+        const long long t1 = now_ns();
+        if (!rep.ok() || rep.body != inst) {
+            fails.add("spawn -> first call", rep.ok() ? "answered by " + rep.body : rep.status.message);
+            stop_child(c);
+            continue;
+        }
+        total.push_back(ms_between(t0, t1));
+        long long te = 0, ts = 0;
+        char ep[256];
+        if (std::sscanf(c.expect("ep", spawn_timeout).c_str(), "%255s %lld %lld", ep, &te, &ts) == 3) {
+            entered.push_back(ms_between(t0, te));
+            started.push_back(ms_between(t0, ts));
+        }
+        if (const auto j = w.wait_for(inst, false, 0ms).joined_ns) joined.push_back(ms_between(t0, j));
+        stop_child(c);
+    }
+    r.rows.push_back({"6",
+                      fmt("discovery: spawn of a server process -> first ok call by name from a running client node "
+                          "(%d runs; includes the process start)",
+                          s.discovery_starts),
+                      ms_cell(total), "-", "-", "-", "measured"});
+    r.rows.push_back({"6", "  of which the child was in main() / its node started / it joined the client's table (p50)",
+                      p50_ms(entered) + " / " + p50_ms(started) + " / " + p50_ms(joined) + " ms", "-", "-", "(info)",
+                      ""});
+    if (!total.empty())
+        r.notes.push_back(fmt("figure 6, spawn -> first call: the client retried %.1f times per run (a call to a name "
+                              "not known yet fails at once; it retries at each peer event, at the latest every 2 ms)",
+                              static_cast<double>(retries) / static_cast<double>(total.size())));
+    cli.stop();
+}
+
+// 6c. Two server processes offer the service; a thread keeps making calls by name
+// (round robin) one after the other, synchronous or asynchronous; two calls (one
+// async, one sync) are in flight to the victim, held by its "slow" method; SIGKILL.
+struct failover_sample {
+    std::optional<double> async_fail, sync_fail, left, done;
+    int loop_failed = 0;
+    int loop_failed_after_leave = 0;
+    std::map<std::string, int> loop_codes;
+    std::string problem;
+};
+
+failover_sample one_failover(bool async_loop) {
+    failover_sample out;
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("fig6-kill");
+    const std::string svc(disc_service);
+    peer_watch w;
+    plexus::node cli(discovering("disc-client", cluster, port));
+    w.attach(cli);
+    cli.start();
+    auto victim = child::spawn({"discovery-server", cluster, std::to_string(port), svc, "victim"});
+    auto survivor = child::spawn({"discovery-server", cluster, std::to_string(port), svc, "survivor"});
+    char ep_buf[256];
+    if (std::sscanf(victim.expect("ep", spawn_timeout).c_str(), "%255s", ep_buf) != 1)
+        throw std::runtime_error("figure 6: the victim did not say its endpoint");
+    const std::string victim_ep = ep_buf;
+    (void)survivor.expect("ep", spawn_timeout);
+    if (!w.wait_for("victim", false, discovery_bound).joined_ns ||
+        !w.wait_for("survivor", false, discovery_bound).joined_ns)
+        throw std::runtime_error("figure 6: the client did not see both server processes join");
+
+    struct call_rec {
+        long long t0, t1;
+        bool ok, from_victim;
+        plexus::code code;
+    };
+    std::vector<call_rec> log;
+    log.reserve(1 << 16);
+    std::atomic<bool> stop{false};
+    std::atomic<int> from_victim{0}, from_survivor{0}, survivor_streak{0};
+    // Joins the loop on every way out (a throw included).
+    struct joiner {
+        std::atomic<bool>& stop;
+        std::thread t;
+        ~joiner() {
+            stop = true;
+            if (t.joinable()) t.join();
+        }
+    } loop{stop, std::thread([&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            const long long t0 = now_ns();
+            auto rep = async_loop ? cli.call_async(svc, "who", "", {.timeout = 1s}).get()
+                                  : cli.call_raw(svc, "who", "", {.timeout = 1s});
+            const long long t1 = now_ns();
+            const bool v = rep.ok() && rep.body == "victim";
+            log.push_back({t0, t1, rep.ok(), v, rep.status.code});
+            if (v) ++from_victim;
+            if (rep.ok() && !v) {
+                ++from_survivor;
+                ++survivor_streak;
+            } else {
+                survivor_streak = 0;
+            }
+        }
+    })};
+    auto stop_loop = [&] {
+        stop = true;
+        loop.t.join();
+    };
+    const auto until = clk::now() + discovery_bound;
+    while ((from_victim < 10 || from_survivor < 10) && clk::now() < until) std::this_thread::sleep_for(1ms);
+    if (from_victim < 10 || from_survivor < 10) {
+        stop_loop();
+        throw std::runtime_error("figure 6: calls by name did not reach both server processes");
+    }
+
+    // The probes, addressed to the victim's endpoint so that they surely wait there; a
+    // call by name that went there would fail the same way (the broken connection).
+    const plexus::call_options probe{.timeout = discovery_bound, .endpoint = victim_ep};
+    auto async_f = cli.call_async(svc, "slow", "60000", probe);
+    auto async_done = std::async(std::launch::async, [&] {
+        const bool ready = async_f.wait_for(discovery_bound + 1s) == std::future_status::ready;
+        return std::make_pair(now_ns(), ready ? async_f.get() : plexus::reply{{plexus::code::internal, "hung"}, {}});
+    });
+    auto sync_done = std::async(std::launch::async, [&] {
+        auto rep = cli.call_raw(svc, "slow", "60000", probe);
+        return std::make_pair(now_ns(), rep);
+    });
+    for (int i = 0; i < 2; ++i) (void)victim.expect("busy", discovery_bound);
+    // A crash comes at any moment of a call's wait: a synchronous call looks for a broken
+    // connection between poll slices of 20 ms, so a kill right after the call started
+    // would always cost a whole slice. The kill comes 0-20 ms (at random) later.
+    static std::minstd_rand rng{std::random_device{}()};
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+
+    const long long t_kill = now_ns();
+    ::kill(victim.pid(), SIGKILL);
+
+    using probe_future = std::future<std::pair<std::int64_t, plexus::reply>>;
+    auto probe_result = [&](probe_future& f, const char* what) -> std::optional<double> {
+        if (f.wait_for(discovery_bound + 2s) != std::future_status::ready) {
+            out.problem += fmt("%s probe did not complete; ", what);
+            return std::nullopt;
+        }
+        auto [t, rep] = f.get();
+        if (rep.status.code != plexus::code::unavailable) {
+            out.problem += fmt("%s probe ended with %s (%s); ", what,
+                               std::string(plexus::to_string(rep.status.code)).c_str(), rep.status.message.c_str());
+            return std::nullopt;
+        }
+        return ms_between(t_kill, t);
+    };
+    out.async_fail = probe_result(async_done, "async");
+    out.sync_fail = probe_result(sync_done, "sync");
+    const auto gone = w.wait_for("victim", true, discovery_bound);
+    if (gone.left_ns) {
+        out.left = ms_between(t_kill, gone.left_ns);
+        if (gone.reason != plexus::discovery::leave_reason::dead)
+            out.problem += fmt("the victim left the table by %s, not by the broken connection; ",
+                               std::string(plexus::discovery::to_string(gone.reason)).c_str());
+    } else {
+        out.problem += "the victim never left the client's table; ";
+    }
+    // Failover is done once 20 calls in a row went to the survivor.
+    const auto until2 = clk::now() + discovery_bound;
+    while (survivor_streak < 20 && clk::now() < until2) std::this_thread::sleep_for(1ms);
+    stop_loop();
+    (void)victim.wait(2s);
+    stop_child(survivor);
+    cli.stop();
+
+    long long last_fail = 0;
+    for (auto& c : log)
+        if (c.t1 > t_kill && !c.ok) {
+            ++out.loop_failed;
+            ++out.loop_codes[std::string(plexus::to_string(c.code))];
+            last_fail = std::max(last_fail, c.t1);
+            if (gone.left_ns && c.t0 > gone.left_ns) ++out.loop_failed_after_leave;
+        }
+    const long long after = std::max(last_fail, t_kill);
+    for (auto& c : log)
+        if (c.ok && !c.from_victim && c.t1 > after && c.t0 >= t_kill) {
+            out.done = ms_between(t_kill, c.t1);
+            break;
+        }
+    if (!out.done) out.problem += "no call succeeded on the survivor after the kill; ";
+    return out;
+}
+
+void failover(const sizes& s, report& r, failures& fails) {
+    std::vector<double> async_fail, sync_fail, left, done_sync, done_async;
+    int loop_failed = 0, after_leave = 0, runs = 0;
+    std::map<std::string, int> codes;
+    // Runs alternate the synchronous and the asynchronous loop; the probes are in both.
+    for (int i = 0; i < 2 * s.failovers; ++i) {
+        const bool async_loop = i % 2 == 1;
+        failover_sample f;
+        try {
+            f = one_failover(async_loop);
+        } catch (const std::exception& e) {
+            fails.add("SIGKILL -> failover", e.what());
+            continue;
+        }
+        ++runs;
+        if (f.async_fail) async_fail.push_back(*f.async_fail);
+        if (f.sync_fail) sync_fail.push_back(*f.sync_fail);
+        if (f.left) left.push_back(*f.left);
+        if (f.done) (async_loop ? done_async : done_sync).push_back(*f.done);
+        loop_failed += f.loop_failed;
+        after_leave += f.loop_failed_after_leave;
+        for (auto& [c, n] : f.loop_codes) codes[c] += n;
+        if (!f.problem.empty()) fails.add("SIGKILL -> failover", f.problem);
+    }
+    std::string code_list;
+    for (auto& [c, n] : codes) code_list += fmt("%s%d %s", code_list.empty() ? "" : ", ", n, c.c_str());
+    const std::string of = fmt("(%d runs)", 2 * s.failovers), half = fmt("(%d runs)", s.failovers);
+    r.rows.push_back({"6",
+                      "discovery: SIGKILL of 1 of 2 server processes -> an async call in flight to it fails "
+                      "UNAVAILABLE " + of,
+                      ms_cell(async_fail), "-", "-", "-", "measured"});
+    r.rows.push_back({"6", "discovery: SIGKILL -> a sync call in flight to it fails UNAVAILABLE " + of,
+                      ms_cell(sync_fail), "-", "-", "-", "measured"});
+    r.rows.push_back({"6",
+                      "discovery: SIGKILL -> failover done: sync calls by name one after the other (round robin), the "
+                      "first ok call on the survivor after the last failed one " + half,
+                      ms_cell(done_sync), "-", "-", "-", "measured"});
+    r.rows.push_back({"6",
+                      "discovery: SIGKILL -> failover done: the same with async calls (call_async, one at a time) " +
+                          half,
+                      ms_cell(done_async), "-", "-", "-", "measured"});
+    r.rows.push_back({"6", "  SIGKILL -> the victim leaves the client's table (by the broken connection)",
+                      ms_cell(left), "-", "-", "(info)", ""});
+    if (runs)
+        r.notes.push_back(fmt("figure 6, failover: %d of the looping calls by name failed after the kills, in %d "
+                              "runs%s; %d of them were made after the victim had left the client's table",
+                              loop_failed, runs, code_list.empty() ? "" : (" (" + code_list + ")").c_str(), after_leave));
+}
+
+} // namespace
+
+void fig6_discovery(const sizes& s, report& r) {
+    failures fails;
+    start_in_process(s, r, fails);
+    start_process(s, r, fails);
+    failover(s, r, fails);
+    fails.to_notes(r);
 }
 
 } // namespace bench

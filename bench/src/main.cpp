@@ -32,7 +32,10 @@ const char* method_notes = R"(How each figure is measured (bench/README.md has m
 - Servers, publishers and subscribers run in child processes (this binary with a role);
   clients run in the parent. Raw baselines move the same bytes as Plexus: request,
   reply and event envelopes captured from real Plexus nodes, no decoding. Both sides
-  use the same high-water marks (10,000).
+  use the same high-water marks (10,000). Plexus nodes run with
+  trace_mode::propagate: an envelope "without headers" carries none (the default
+  trace_mode::start adds a 55-character traceparent to calls and events made outside
+  any trace); the six-header cases carry a traceparent and get a new span per hop.
 - 1: one call at a time; Plexus call_raw (the caller's own DEALER) against raw REQ/REP;
   rounds alternate the cases so that outside load hits all. "The server's share": the
   raw client against the Plexus server (the same split in figure 2).
@@ -49,6 +52,10 @@ const char* method_notes = R"(How each figure is measured (bench/README.md has m
 - 4: median of batches; the reference is msgpack-c (packer writing the same bytes;
   unpack to its object tree), since raw libzmq has no codec.
 - 5: VmRSS from /proc/self/status; CPU from getrusage over the idle period.
+- 6: each case in a cluster and on a UDP port of its own (default beacon interval 1 s, this
+  host only); p50 and max of the runs. SIGKILL: two calls held in flight by the victim's
+  slow method, the kill 0-20 ms later at random; failover is done at the first ok call on
+  the survivor after the loop's last failed call.
 )";
 
 std::set<int> parse_list(const std::string& s) {

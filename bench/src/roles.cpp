@@ -1,10 +1,12 @@
 // What the child processes do. Each prints `ep <endpoint>` (or `ready`, `done ...`,
 // `result ...`) on stdout and ends when its stdin closes, so a parent that dies takes
 // its children with it.
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -20,12 +22,7 @@ namespace bench {
 
 namespace {
 
-plexus::node_options quiet(std::string name) {
-    plexus::node_options o;
-    o.name = std::move(name);
-    o.log = plexus::log_level::warn;
-    return o;
-}
+plexus::node_options quiet(std::string name) { return node_options_for(std::move(name)); }
 
 // Raw servers block in recv on the main thread; this ends the process when stdin closes.
 void exit_on_stdin_eof() {
@@ -247,6 +244,43 @@ int sub_raw(const std::string& ep, long count, long idle_ms) {
     return 0;
 }
 
+// ---------------------------------------------------------------- discovery
+
+// A node found by name (figure 6): serves `svc` with "who" (answers the instance
+// name, inline) and "slow" (says `busy` on stdout, then sleeps the body's
+// milliseconds, at most 60 s: a call the parent keeps in flight until it kills this
+// process). Says `ep <rpc endpoint> <ns at entry> <ns when started>` once started.
+int discovery_server(const std::string& cluster, std::uint16_t port, const std::string& svc,
+                     const std::string& instance) {
+    const long long entered = now_ns();
+    auto o = quiet(instance);
+    plexus::discovery::beacon_options d;
+    d.cluster = cluster;
+    d.port = port; // the default interval (1 s) and target (127.255.255.255: this host only)
+    o.discovery = d;
+    plexus::node n(o);
+    static std::mutex out_mu; // lines from handler threads must not interleave
+    n.serve(svc)
+        .raw_method("who", [instance](plexus::request&) { return instance; }, {.exec = plexus::execution::inline_loop})
+        .raw_method("slow", [instance](plexus::request& rq) {
+            {
+                std::lock_guard lk(out_mu);
+                say("busy");
+            }
+            const long ms = std::clamp(std::atol(std::string(rq.body).c_str()), 0L, 60000L);
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            return instance;
+        });
+    n.start();
+    {
+        std::lock_guard lk(out_mu);
+        say(fmt("ep %s %lld %lld", n.endpoints().at(0).c_str(), entered, static_cast<long long>(now_ns())));
+    }
+    wait_stdin_eof();
+    n.stop();
+    return 0;
+}
+
 // ---------------------------------------------------------------- resources
 
 // RSS of this process before and after a default node starts, CPU of the idle node
@@ -305,7 +339,7 @@ long to_long(const std::string& s) { return std::stol(s); }
 } // namespace
 
 bool is_role(const std::string& name) {
-    return name == "server" || name == "pub" || name == "sub" || name == "resources";
+    return name == "server" || name == "pub" || name == "sub" || name == "resources" || name == "discovery-server";
 }
 
 int run_role(const std::vector<std::string>& a) {
@@ -327,6 +361,8 @@ int run_role(const std::vector<std::string>& a) {
     } else if (role == "sub") {
         if (arg(1) == "plexus") return sub_plexus(arg(2), to_long(arg(3)), to_long(arg(4)));
         if (arg(1) == "raw") return sub_raw(arg(2), to_long(arg(3)), to_long(arg(4)));
+    } else if (role == "discovery-server") {
+        return discovery_server(arg(1), static_cast<std::uint16_t>(to_long(arg(2))), arg(3), arg(4));
     } else if (role == "resources") {
         if (arg(1) == "plexus") return resources_plexus(arg(2), std::stod(arg(3)));
         if (arg(1) == "raw") return resources_raw();

@@ -164,21 +164,39 @@ status policy_interceptor::before_deliver(event_info& e) {
 // ---------------------------------------------------------------- tracing
 
 namespace {
-std::string random_hex(std::size_t digits) {
-    thread_local std::mt19937_64 rng{std::random_device{}() ^ (static_cast<std::uint64_t>(std::random_device{}()) << 32)};
-    static constexpr char hexd[] = "0123456789abcdef";
-    std::string out(digits, '0');
-    for (;;) {
-        std::uint64_t bits = 0;
-        bool nonzero = false;
-        for (std::size_t i = 0; i < digits; ++i) {
-            if (i % 16 == 0) bits = rng();
-            out[i] = hexd[bits & 15];
-            bits >>= 4;
-            nonzero |= out[i] != '0';
-        }
-        if (nonzero) return out; // all-zero ids are invalid in W3C Trace Context
+// xoshiro256** per thread, seeded once from random_device: ids must be unpredictable
+// enough not to collide, not secret; a span per message cannot afford more.
+class fast_rng {
+public:
+    fast_rng() {
+        std::random_device rd;
+        for (auto& w : s_) w = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
     }
+    std::uint64_t operator()() noexcept {
+        const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+        const std::uint64_t t = s_[1] << 17;
+        s_[2] ^= s_[0];
+        s_[3] ^= s_[1];
+        s_[1] ^= s_[2];
+        s_[0] ^= s_[3];
+        s_[2] ^= t;
+        s_[3] = rotl(s_[3], 45);
+        return result;
+    }
+
+private:
+    static std::uint64_t rotl(std::uint64_t x, int k) noexcept { return (x << k) | (x >> (64 - k)); }
+    std::uint64_t s_[4];
+};
+
+// 16 lower-case hex digits of a random non-zero id (all-zero ids are invalid in W3C
+// Trace Context).
+void random_hex16(char* out) noexcept {
+    thread_local fast_rng rng;
+    static constexpr char hexd[] = "0123456789abcdef";
+    std::uint64_t bits = 0;
+    while (bits == 0) bits = rng();
+    for (int i = 0; i < 16; ++i, bits >>= 4) out[i] = hexd[bits & 15];
 }
 
 // "vv-<32 hex>-<16 hex>-ff", lower-case hex, ids not all zero; no allocation.
@@ -197,63 +215,75 @@ bool valid_traceparent(std::string_view tp) noexcept {
     return trace_nonzero && span_nonzero;
 }
 
-// A new span in the trace of `incoming` (or a new trace); returns the new header and
-// stores the caller's span id in parent.
-std::string child_span(std::optional<std::string_view> incoming, std::string* parent) {
-    if (incoming && valid_traceparent(*incoming)) {
-        if (parent) parent->assign(incoming->substr(36, 16));
-        std::string tp = "00-";
-        tp += incoming->substr(3, 32);
-        tp += '-';
-        tp += random_hex(16);
-        tp += '-';
-        tp += incoming->substr(53, 2);
-        return tp;
+// Opens this hop's span in `h`: a valid incoming traceparent keeps its trace id and
+// flags and gets a new span id, in place (the caller's span id goes to `ctx` as the
+// parent); without one, a new trace when `start`, else nothing.
+void open_span(headers& h, context* ctx, bool start) {
+    std::string* tp = h.find(header_key::traceparent);
+    if (tp && valid_traceparent(*tp)) {
+        if (ctx) ctx->set_parent_span_id(std::string_view(*tp).substr(36, 16));
+        if (tp->size() != 55 || (*tp)[0] != '0' || (*tp)[1] != '0') {
+            // another version: continue its trace as version 00, dropping what 00 lacks
+            *tp = "00-" + tp->substr(3, 50);
+        }
+        random_hex16(tp->data() + 36);
+        return;
     }
-    if (parent) parent->clear();
-    return new_traceparent();
+    if (ctx) ctx->set_parent_span_id({});
+    if (start) h.set(header_key::traceparent, new_traceparent());
+    else if (tp) h.erase(header_key::traceparent); // invalid: not carried on
 }
 } // namespace
 
-std::string new_traceparent() { return "00-" + random_hex(32) + "-" + random_hex(16) + "-01"; }
+std::string new_traceparent() {
+    std::string tp = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01";
+    random_hex16(tp.data() + 3);
+    random_hex16(tp.data() + 19);
+    random_hex16(tp.data() + 36);
+    return tp;
+}
 
 status tracing_interceptor::before_handle(call_info& c) {
-    std::string parent;
-    c.headers.set(header_key::traceparent, child_span(c.headers.get(header_key::traceparent), &parent));
-    if (c.context) c.context->parent_span_id = std::move(parent);
-    // call-chain: the hops so far, this one last, at most max_chain_.
-    std::string chain(c.headers.get_or(header_key::call_chain, ""));
-    if (!chain.empty()) chain += ',';
-    chain += c.service;
-    chain += '.';
-    chain += c.method;
-    std::size_t hops = static_cast<std::size_t>(std::count(chain.begin(), chain.end(), ',')) + 1;
-    while (hops > max_chain_ && max_chain_ > 0) {
-        chain.erase(0, chain.find(',') + 1);
-        --hops;
+    open_span(c.headers, c.context, mode_ == trace_mode::start);
+    // call-chain: the hops so far, this one last, at most max_chain_; grown in place.
+    std::string* chain = c.headers.find(header_key::call_chain);
+    if (!chain) {
+        if (mode_ != trace_mode::start) return {};
+        c.headers.append(header_key::call_chain, {});
+        chain = c.headers.find(header_key::call_chain);
+    } else if (!chain->empty()) {
+        *chain += ',';
     }
-    c.headers.set(header_key::call_chain, chain);
+    *chain += c.service;
+    *chain += '.';
+    *chain += c.method;
+    if (max_chain_ > 0) {
+        auto hops = static_cast<std::size_t>(std::count(chain->begin(), chain->end(), ',')) + 1;
+        std::size_t cut = 0;
+        for (; hops > max_chain_; --hops) cut = chain->find(',', cut) + 1;
+        if (cut) chain->erase(0, cut);
+    }
     return {};
 }
 
 status tracing_interceptor::before_call(call_info& c) {
     // Inside a handler the context's traceparent names the handler's span: the callee
-    // makes its own span with it as parent. Outside, the call starts a trace.
+    // makes its own span with it as parent. Outside, the call may start a trace.
+    if (mode_ != trace_mode::start) return {};
     auto tp = c.headers.get(header_key::traceparent);
     if (!tp || !valid_traceparent(*tp)) c.headers.set(header_key::traceparent, new_traceparent());
     return {};
 }
 
 status tracing_interceptor::before_publish(event_info& e) {
+    if (mode_ != trace_mode::start) return {};
     auto tp = e.headers.get(header_key::traceparent);
     if (!tp || !valid_traceparent(*tp)) e.headers.set(header_key::traceparent, new_traceparent());
     return {};
 }
 
 status tracing_interceptor::before_deliver(event_info& e) {
-    std::string parent;
-    e.headers.set(header_key::traceparent, child_span(e.headers.get(header_key::traceparent), &parent));
-    if (e.context) e.context->parent_span_id = std::move(parent);
+    open_span(e.headers, e.context, mode_ == trace_mode::start);
     return {};
 }
 

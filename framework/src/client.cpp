@@ -58,8 +58,8 @@ headers node_impl::outgoing_headers(const headers& extra) const {
     return out;
 }
 
-std::string node_impl::encode_request(std::uint64_t id, std::string_view service, std::string_view method,
-                                      std::string_view body, const headers& h, clock::time_point deadline) {
+zmq::message_t node_impl::encode_request(std::uint64_t id, std::string_view service, std::string_view method,
+                                         std::string_view body, const headers& h, clock::time_point deadline) {
     thread_local envelope_view e;
     e.clear();
     e.kind = kind::request;
@@ -70,23 +70,25 @@ std::string node_impl::encode_request(std::uint64_t id, std::string_view service
     for (auto& [k, v] : h) e.headers.emplace_back(k, v);
     auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now()).count();
     e.deadline_us = static_cast<std::uint64_t>(std::max<std::int64_t>(left, 0));
-    std::string out;
-    out.reserve(64 + service.size() + method.size() + body.size());
-    encode(e, out);
-    return out;
+    return encode_message(e);
+}
+
+std::shared_ptr<endpoint_state>& node_impl::state_locked(const std::string& endpoint) {
+    auto& st = endpoint_states_[endpoint];
+    if (!st) st = std::make_shared<endpoint_state>(endpoint);
+    return st;
 }
 
 std::shared_ptr<endpoint_state> node_impl::state_of(const std::string& endpoint) {
     std::lock_guard lk(routes_mu_);
-    auto& st = endpoint_states_[endpoint];
-    if (!st) st = std::make_shared<endpoint_state>();
-    return st;
+    return state_locked(endpoint);
 }
 
-std::optional<std::string> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why,
-                                              balance_policy policy) {
+std::shared_ptr<endpoint_state> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why,
+                                                   balance_policy policy) {
     std::unique_lock lk(routes_mu_);
-    const std::string key(service);
+    thread_local std::string key;
+    key.assign(service);
     for (;;) {
         auto it = routes_.find(key);
         if (it != routes_.end() && !it->second.empty()) {
@@ -97,17 +99,15 @@ std::optional<std::string> node_impl::resolve(std::string_view service, clock::t
                 const auto a = rng() % eps.size();
                 auto b = rng() % (eps.size() - 1);
                 if (b >= a) ++b;
-                auto load = [&](const std::string& ep) {
-                    auto s = endpoint_states_.find(ep);
-                    return s == endpoint_states_.end() ? 0 : s->second->in_flight.load(std::memory_order_relaxed);
-                };
-                return load(eps[a]) <= load(eps[b]) ? eps[a] : eps[b];
+                auto& sa = state_locked(eps[a]);
+                auto& sb = state_locked(eps[b]);
+                return sa->in_flight.load(std::memory_order_relaxed) <= sb->in_flight.load(std::memory_order_relaxed) ? sa : sb;
             }
-            return eps[rr_[key]++ % eps.size()];
+            return state_locked(eps[rr_[key]++ % eps.size()]);
         }
         if (stopping_) {
             why = {code::cancelled, "node is stopping"};
-            return std::nullopt;
+            return nullptr;
         }
         // Wait while an answer may still come: peers given by `connect` that have not
         // described themselves yet, or discovery's first interval.
@@ -115,7 +115,7 @@ std::optional<std::string> node_impl::resolve(std::string_view service, clock::t
         if (peers_pending_ == 0) {
             if (!agent() || clock::now() >= discovery_warm_until_) {
                 why = {code::unavailable, "no live instance of service '" + key + "'"};
-                return std::nullopt;
+                return nullptr;
             }
             wait_until = std::min(deadline, discovery_warm_until_);
         }
@@ -126,7 +126,7 @@ std::optional<std::string> node_impl::resolve(std::string_view service, clock::t
             why = {code::unavailable, "no instance of service '" + key + "' found before the deadline" +
                                           (peers_pending_ ? " (" + std::to_string(peers_pending_) + " peer(s) not reachable yet)"
                                                           : std::string())};
-            return std::nullopt;
+            return nullptr;
         }
     }
 }
@@ -171,20 +171,22 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
                                stopping_ ? "node is stopping" : "node is not started");
     const auto deadline = deadline_for(o);
     if (clock::now() >= deadline) return fail(code::deadline_exceeded, "deadline expired before the call was made");
-    std::string endpoint = o.endpoint;
-    if (endpoint.empty()) {
+    std::shared_ptr<endpoint_state> target;
+    if (o.endpoint.empty()) {
         status why;
-        auto ep = resolve(service, deadline, why, o.balance.value_or(opts.balance));
-        if (!ep) return fail(why.code, why.message);
-        endpoint = std::move(*ep);
+        target = resolve(service, deadline, why, o.balance.value_or(opts.balance));
+        if (!target) return fail(why.code, why.message);
+    } else {
+        target = state_of(o.endpoint);
     }
+    const std::string& endpoint = target->endpoint;
     sent = outgoing_headers(o.headers);
     info.deadline = deadline;
     info.endpoint = endpoint;
     if (auto pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
         return fail(pre.code, pre.message);
     const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    const std::string env = encode_request(id, service, method, body, sent, deadline);
+    zmq::message_t env = encode_request(id, service, method, body, sent, deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return fail(code::resource_exhausted, "request of " + std::to_string(env.size()) +
                                                   " bytes exceeds the maximum message size of " +
@@ -194,7 +196,6 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     std::unique_lock lk(ch->mu);
     if (ch->closed) return fail(code::cancelled, "node is stopping");
     ++calls_sent_;
-    const auto target = state_of(endpoint);
     const auto gen = target->down_gen.load();
     target->in_flight.fetch_add(1, std::memory_order_relaxed);
     struct in_flight_guard {
@@ -224,7 +225,7 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
             if (clock::now() >= deadline || zmq::poll(&item, 1, std::chrono::milliseconds(ms_until(deadline))) == 0)
                 return fail(code::unavailable, "send queue to " + endpoint + " stayed full until the deadline");
         }
-        (void)s.send(zmq::buffer(env), zmq::send_flags::none);
+        (void)s.send(env, zmq::send_flags::none);
         for (;;) {
             zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
             // Wake up every slice to see whether the peer went away (endpoint_down).
@@ -288,7 +289,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     auto finish_now = [&](code c, std::string msg) {
         ++call_errors_;
         reply r{{c, std::move(msg)}, {}};
-        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
         if (call->promise) call->promise->set_value(std::move(r));
         else if (call->callback) {
@@ -306,41 +307,39 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     if (!running_) return finish_now(stopping_ ? code::cancelled : code::failed_precondition,
                                      stopping_ ? "node is stopping" : "node is not started");
     call->deadline = deadline_for(o);
-    if (clock::now() >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
-    std::string endpoint = o.endpoint;
-    if (endpoint.empty()) {
+    if (call->started >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
+    if (o.endpoint.empty()) {
         // Resolution must not block the caller (it may be the I/O thread): known now, or unavailable.
         status why;
         const auto policy = o.balance.value_or(opts.balance);
-        auto ep = tl_io_owner == this ? resolve(service, clock::now(), why, policy)
-                                      : resolve(service, call->deadline, why, policy);
-        if (!ep) return finish_now(why.code, why.message);
-        endpoint = std::move(*ep);
+        call->target = tl_io_owner == this ? resolve(service, clock::now(), why, policy)
+                                           : resolve(service, call->deadline, why, policy);
+        if (!call->target) return finish_now(why.code, why.message);
+    } else {
+        call->target = state_of(o.endpoint);
     }
-    call->endpoint = endpoint;
-    call->target = state_of(endpoint);
     call->sent = outgoing_headers(o.headers);
     {
-        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         if (auto pre = run_before(chain_, call->ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
             return finish_now(pre.code, pre.message);
     }
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    std::string env = encode_request(call->id, service, method, body, call->sent, call->deadline);
+    zmq::message_t env = encode_request(call->id, service, method, body, call->sent, call->deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
                                                         " bytes exceeds the maximum message size of " +
                                                         std::to_string(opts.max_message_size));
     ++calls_sent_;
     call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
-    commands_.push(async_call_cmd{std::move(endpoint), std::move(env), std::move(call)});
+    commands_.push(async_call_cmd{std::move(call), std::move(env)});
 }
 
 void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     if (r.status.code != code::ok) ++call_errors_;
     if (call->target) call->target->in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (call->ran > 0) {
-        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint, nullptr};
+        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
     }
     if (call->on_io) {
@@ -381,7 +380,7 @@ void node_impl::expire_calls(clock::time_point now) {
             continue;
         }
         auto call = take_pending(it);
-        complete(call, reply{{code::deadline_exceeded, "no reply from " + call->endpoint + " before the deadline"}, {}});
+        complete(call, reply{{code::deadline_exceeded, "no reply from " + std::string(call->endpoint()) + " before the deadline"}, {}});
     }
 }
 
@@ -433,25 +432,22 @@ void node_impl::tick_peers(clock::time_point now) {
         auto call = std::make_shared<pending_call>();
         call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
         call->deadline = now + std::chrono::milliseconds(1000);
-        call->endpoint = p.endpoint;
+        call->target = state_of(p.endpoint);
         p.pending_id = call->id;
         const std::string ep = p.endpoint;
         call->on_io = [this, ep](const reply& r) { on_describe_reply(ep, r); };
-        std::string env;
-        {
-            envelope_view e;
-            e.kind = kind::request;
-            e.id = call->id;
-            e.service = system_service;
-            e.method = "describe";
-            e.deadline_us = 1000000;
-            encode(e, env);
-        }
+        envelope_view e;
+        e.kind = kind::request;
+        e.id = call->id;
+        e.service = system_service;
+        e.method = "describe";
+        e.deadline_us = 1000000;
+        zmq::message_t env = encode_message(e);
         try {
-            auto& s = async_socket(ep);
+            auto& s = async_socket(*call->target);
             zmq::message_t delim;
             if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
-                s.send(zmq::buffer(env), zmq::send_flags::dontwait)) {
+                s.send(env, zmq::send_flags::dontwait)) {
                 add_pending(call);
             } else {
                 p.pending_id = 0;

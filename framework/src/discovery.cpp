@@ -92,9 +92,7 @@ void node_impl::on_discovery_event(const discovery::event& e) {
             auto& eps = routes_[s.name];
             if (std::find(eps.begin(), eps.end(), rpc_ep) == eps.end()) eps.push_back(rpc_ep);
         }
-        auto& st = endpoint_states_[rpc_ep];
-        if (!st) st = std::make_shared<endpoint_state>();
-        st->peer = p.id;
+        state_locked(rpc_ep)->peer = p.id;
         routes_cv_.notify_all();
     }
     if (pub != p.endpoints.end()) {

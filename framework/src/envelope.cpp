@@ -680,8 +680,9 @@ inline void check_length(std::string_view s, const char* what) {
     if (s.size() > 0xffffffffu) refuse(std::string(what) + " longer than 4 GiB - 1");
 }
 
-template <class E>
-void encode_impl(const E& e, std::string& out) {
+// `place(size)` returns where to write exactly `size` bytes.
+template <class E, class Place>
+void encode_impl(const E& e, Place&& place) {
     const auto k = static_cast<unsigned>(e.kind);
     if (k > 2) refuse("kind " + std::to_string(k) + " is not 0 (request), 1 (reply) or 2 (event)");
     const bool request = e.kind == kind::request;
@@ -718,9 +719,7 @@ void encode_impl(const E& e, std::string& out) {
     if (!e.source.empty()) { check_length(e.source, "source"); ++keys; size += 1 + bin_size(e.source.size()); }
     size += map_size(keys);
 
-    const std::size_t start = out.size();
-    out.resize(start + size);
-    byte* w = reinterpret_cast<byte*>(out.data()) + start;
+    byte* w = reinterpret_cast<byte*>(place(size));
     w = put_map(w, keys);
     *w++ = key::version;
     w = put_uint(w, e.version);
@@ -745,18 +744,32 @@ void encode_impl(const E& e, std::string& out) {
     if (!e.body.empty()) { *w++ = key::body; w = put_bin(w, e.body); }
     if (e.seq) { *w++ = key::seq; w = put_uint(w, e.seq); }
     if (!e.source.empty()) { *w++ = key::source; w = put_bin(w, e.source); }
-    (void)w; // w == out.data() + out.size(): the size above is exact
+    (void)w; // w == the place's end: the size above is exact
+}
+
+template <class E>
+void append_to(const E& e, std::string& out) {
+    encode_impl(e, [&](std::size_t size) {
+        const std::size_t start = out.size();
+        out.resize(start + size);
+        return out.data() + start;
+    });
 }
 
 } // namespace
+
+void encode_into(const envelope_view& e, char* (*place)(void*, std::size_t), void* arg) {
+    encode_impl(e, [&](std::size_t size) { return place(arg, size); });
+}
+
 } // namespace detail
 
-void encode(const envelope& e, std::string& out) { detail::encode_impl(e, out); }
-void encode(const envelope_view& e, std::string& out) { detail::encode_impl(e, out); }
+void encode(const envelope& e, std::string& out) { detail::append_to(e, out); }
+void encode(const envelope_view& e, std::string& out) { detail::append_to(e, out); }
 
 std::string encode(const envelope& e) {
     std::string out;
-    detail::encode_impl(e, out);
+    detail::append_to(e, out);
     return out;
 }
 

@@ -35,8 +35,10 @@ node_impl::node_impl(node_options o)
     install_system_service();
     metrics_ = std::make_shared<metrics_interceptor>();
     policy_ = std::make_shared<policy_interceptor>(opts.propagation);
-    chain_ = {metrics_, policy_, std::make_shared<tracing_interceptor>(opts.propagation.max_call_chain),
-              std::make_shared<logging_interceptor>(log)};
+    chain_ = {metrics_, policy_};
+    if (opts.tracing != trace_mode::off)
+        chain_.push_back(std::make_shared<tracing_interceptor>(opts.tracing, opts.propagation.max_call_chain));
+    chain_.push_back(std::make_shared<logging_interceptor>(log));
     for (auto& i : opts.interceptors)
         if (i) chain_.push_back(i);
 }
@@ -366,21 +368,27 @@ void node_impl::io_main(std::promise<void> ready) {
         if (!pub_backlog_.empty()) consider(now + std::chrono::milliseconds(1));
         if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
 
+        wake_.arm(); // from here producers write the eventfd (see wakeup)
+        if (commands_.has_work() || replies_.has_work() || pubq_work_.get()) timeout = 0;
         try {
             zmq::poll(items.data(), items.size(), std::chrono::milliseconds(timeout));
         } catch (const zmq::error_t& e) {
+            wake_.disarm();
             if (e.num() == ETERM) break;
             if (e.num() != EINTR) log.write(log_level::error, "poll failed", kv("error", e.what()));
             continue;
         }
+        wake_.disarm();
 
-        if (items[0].revents & ZMQ_POLLIN) {
-            wake_.drain();
+        if (items[0].revents & ZMQ_POLLIN) wake_.drain();
+        if (commands_.has_work()) {
             handle_commands();
             if (io_stopping_ && stop_deadline == clock::time_point{}) stop_deadline = clock::now() + opts.shutdown_timeout;
-            std::deque<outgoing_reply> outs;
-            replies_.take(outs);
-            for (auto& r : outs) send_reply({r.frames.data(), r.route_len}, r.envelope);
+        }
+        if (replies_.has_work()) {
+            replies_.take(reply_batch_);
+            for (auto& r : reply_batch_) send_reply({r.frames.data(), r.route_len}, std::move(r.envelope));
+            reply_batch_.clear();
         }
         if (router_i < items.size() && items[router_i].socket == (router_ ? router_->handle() : nullptr) &&
             (items[router_i].revents & ZMQ_POLLIN))
@@ -399,9 +407,9 @@ void node_impl::io_main(std::promise<void> ready) {
 
 void node_impl::drain_and_close() {
     // Last replies handed back by workers, then the queued events.
-    std::deque<outgoing_reply> outs;
+    std::vector<outgoing_reply> outs;
     replies_.take(outs);
-    for (auto& r : outs) send_reply({r.frames.data(), r.route_len}, r.envelope);
+    for (auto& r : outs) send_reply({r.frames.data(), r.route_len}, std::move(r.envelope));
     flush_publications();
     for (auto& [id, call] : pending_)
         complete(call, reply{{code::cancelled, "node stopped before the reply came"}, {}});
@@ -426,12 +434,20 @@ void node_impl::drain_and_close() {
     }
     sub_.reset();
     monitors_.clear();
+    {
+        std::lock_guard lk(routes_mu_);
+        for (auto& [ep, st] : endpoint_states_) st->io_sock = nullptr;
+    }
     async_socks_.clear();
 }
 
 void node_impl::handle_commands() {
-    std::deque<command> cmds;
+    auto& cmds = command_batch_;
     commands_.take(cmds);
+    struct clear_after {
+        std::vector<command>& v;
+        ~clear_after() { v.clear(); }
+    } done{cmds};
     for (auto& c : cmds) {
         std::visit(
             [&](auto& cmd) {
@@ -444,17 +460,18 @@ void node_impl::handle_commands() {
                         return;
                     }
                     try {
-                        auto& s = async_socket(cmd.endpoint);
+                        auto& s = async_socket(*cmd.call->target);
                         add_pending(cmd.call);
                         zmq::message_t delim;
                         if (!s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) ||
-                            !s.send(zmq::buffer(cmd.envelope), zmq::send_flags::dontwait)) {
+                            !s.send(cmd.envelope, zmq::send_flags::dontwait)) {
                             if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
-                            complete(cmd.call, reply{{code::unavailable, "send queue to " + cmd.endpoint + " is full"}, {}});
+                            complete(cmd.call, reply{{code::unavailable, "send queue to " + cmd.call->target->endpoint + " is full"}, {}});
                         }
                     } catch (const zmq::error_t& e) {
                         if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
-                        complete(cmd.call, reply{{code::unavailable, "cannot reach " + cmd.endpoint + ": " + e.what()}, {}});
+                        complete(cmd.call,
+                                 reply{{code::unavailable, "cannot reach " + cmd.call->target->endpoint + ": " + e.what()}, {}});
                     }
                 } else if constexpr (std::is_same_v<T, subscribe_cmd>) {
                     if (!sub_) return;
@@ -495,6 +512,11 @@ void node_impl::handle_commands() {
             },
             c);
     }
+}
+
+zmq::socket_t& node_impl::async_socket(endpoint_state& ep) {
+    if (!ep.io_sock) ep.io_sock = &async_socket(ep.endpoint); // async_socks_ keeps its sockets until the end
+    return *ep.io_sock;
 }
 
 zmq::socket_t& node_impl::async_socket(const std::string& endpoint) {
@@ -560,7 +582,7 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
     std::vector<std::shared_ptr<pending_call>> failed;
     for (auto it = pending_.begin(); it != pending_.end();) {
         auto next = std::next(it);
-        if (it->second->endpoint == endpoint && !it->second->on_io) failed.push_back(take_pending(it));
+        if (it->second->endpoint() == endpoint && !it->second->on_io) failed.push_back(take_pending(it));
         it = next;
     }
     for (auto& c : failed) complete(c, reply{{code::unavailable, why + " while the call was in flight"}, {}});
@@ -570,25 +592,22 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
 
 // ---------------------------------------------------------------- server side
 
-std::string node_impl::encode_reply(std::uint64_t id, code c, std::string_view err, std::string_view body) {
+zmq::message_t node_impl::encode_reply(std::uint64_t id, code c, std::string_view err, std::string_view body) {
     envelope_view e;
     e.kind = kind::reply;
     e.id = id;
     e.status = c;
     e.error = err;
     e.body = body;
-    std::string out;
-    out.reserve(32 + err.size() + body.size());
-    encode(e, out);
-    return out;
+    return encode_message(e);
 }
 
-void node_impl::send_reply(std::span<zmq::message_t> route, const std::string& env) {
+void node_impl::send_reply(std::span<zmq::message_t> route, zmq::message_t env) {
     if (!router_) return;
     try {
         for (auto& f : route)
             if (!router_->send(f, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
-        (void)router_->send(zmq::buffer(env), zmq::send_flags::dontwait);
+        (void)router_->send(env, zmq::send_flags::dontwait);
     } catch (const zmq::error_t& e) {
         log.write(log_level::warn, "reply not sent", kv("error", e.what()));
     }
@@ -701,17 +720,30 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
         } else {
             body = run_handler(*job->method, v, job->received, c, err);
         }
-        std::string env = encode_reply(v.id, c, err, body);
-        replies_.push(outgoing_reply{std::move(job->frames), job->route_len, std::move(env)});
+        replies_.push(outgoing_reply{std::move(job->frames), job->route_len, encode_reply(v.id, c, err, body)});
         --pool_jobs_in_flight_;
     });
 }
 
 std::string node_impl::run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
                                    std::string& err) {
-    context ctx;
-    ctx.headers.reserve(env.headers.size());
-    for (auto& [k, v] : env.headers) ctx.headers.append(k, v);
+    // One context per thread, refilled per request so that its header strings keep
+    // their storage; a fresh one if a handler ever runs inside another on this thread.
+    thread_local context reused;
+    thread_local bool reused_busy = false;
+    std::optional<context> fresh;
+    context& ctx = reused_busy ? fresh.emplace() : reused;
+    const bool owns_reused = !reused_busy;
+    reused_busy = true;
+    struct release {
+        bool owns;
+        ~release() {
+            if (owns) reused_busy = false;
+        }
+    } release_reused{owns_reused};
+    ctx.headers.assign(env.headers);
+    ctx.deadline.reset();
+    ctx.set_parent_span_id({});
     if (env.deadline_us) ctx.deadline = received + std::chrono::microseconds(*env.deadline_us);
     request rq{env.service, env.method, env.body, env.id, ctx};
     context_scope scope(ctx);

@@ -67,24 +67,25 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
         log.write(log_level::warn, "event over the maximum message size dropped", kv("topic", topic) + kv("bytes", env.size()));
         return 0;
     }
-    const bool was_empty = pubq_.empty();
     pubq_.push_back(pub_item{std::string(topic), std::move(env)});
+    pubq_work_.set();
     ++pub_queued_;
     ++tc.published;
     const auto seq = e.seq;
     lk.unlock();
-    if (was_empty) wake_.signal();
+    wake_.notify();
     if (new_topic) announce();
     return seq;
 }
 
 void node_impl::flush_publications() {
-    if (!pub_) return;
+    if (!pub_ || (!pubq_work_.get() && pub_backlog_.empty())) return;
     {
         std::lock_guard lk(pub_mu_);
         if (pubq_.empty() && pub_backlog_.empty()) return;
         for (auto& item : pubq_) pub_backlog_.push_back(std::move(item));
         pubq_.clear();
+        pubq_work_.clear();
     }
     std::size_t done = 0;
     std::vector<std::string> dropped;
@@ -119,6 +120,7 @@ std::uint64_t node_impl::subscribe(std::string prefix, event_handler fn, executi
     {
         std::lock_guard lk(subs_mu_);
         subscribers_.emplace(id, subscriber_entry{id, prefix, std::move(fn), exec});
+        subs_version_.fetch_add(1, std::memory_order_release);
     }
     commands_.push(subscribe_cmd{id, prefix, true});
     connect_matching_publishers(prefix);
@@ -133,6 +135,7 @@ void node_impl::unsubscribe(std::uint64_t id) {
         if (it == subscribers_.end()) return;
         prefix = std::move(it->second.prefix);
         subscribers_.erase(it);
+        subs_version_.fetch_add(1, std::memory_order_release);
     }
     if (running_) commands_.push(subscribe_cmd{id, std::move(prefix), false});
 }
@@ -157,11 +160,14 @@ void node_impl::handle_sub() {
         }
         std::uint64_t gap = 0;
         if (v.seq != 0) {
-            std::string key(v.source);
-            key += '\0';
-            key += topic;
-            auto [it, fresh] = last_seq_.try_emplace(std::move(key), v.seq);
-            if (!fresh) {
+            // source + '\0' + topic, built in a reused string: no allocation once seen
+            seq_key_.assign(v.source);
+            seq_key_ += '\0';
+            seq_key_ += topic;
+            auto it = last_seq_.find(std::string_view(seq_key_));
+            if (it == last_seq_.end()) {
+                last_seq_.emplace(seq_key_, v.seq);
+            } else {
                 if (v.seq > it->second + 1) gap = v.seq - it->second - 1;
                 it->second = v.seq;
             }
@@ -174,58 +180,85 @@ void node_impl::handle_sub() {
         }
         if (gap) log.write(log_level::debug, "events lost", kv("topic", topic) + kv("missing", gap));
 
-        std::shared_ptr<event> ev;
-        std::vector<std::tuple<event_handler, execution, std::shared_ptr<strand>>> targets;
-        {
-            std::lock_guard lk(subs_mu_);
-            for (auto& [id, s] : subscribers_)
-                if (topic.substr(0, s.prefix.size()) == s.prefix) targets.emplace_back(s.fn, s.exec, s.order);
-        }
-        if (targets.empty()) continue;
-        ev = std::make_shared<event>();
-        ev->topic.assign(topic);
-        ev->body.assign(v.body);
-        ev->seq = v.seq;
-        ev->source.assign(v.source);
-        for (auto& [k, val] : v.headers)
-            if (!policy_->rejected_inbound(k)) ev->headers.append(k, val);
-        for (auto& [fn, exec, order] : targets) {
-            auto deliver = [this, fn = std::move(fn), ev] {
-                context ctx;
-                ctx.headers = ev->headers;
-                context_scope scope(ctx);
-                event_info info{ev->topic, ctx.headers, &ctx};
-                std::size_t ran = 0;
-                const auto t0 = clock::now();
-                status st;
-                try {
-                    st = run_before(chain_, ran, [&](interceptor& i) { return i.before_deliver(info); });
-                    // The event as it arrived; what interceptors change (this hop's trace
-                    // span, ...) is in the context, which is what travels on.
-                    if (st.ok()) fn(*ev);
-                } catch (const error& e) {
-                    st = e.to_status();
-                } catch (const std::exception& e) {
-                    st = {code::internal, e.what()};
-                    log.write(log_level::warn, "event handler threw", kv("topic", ev->topic) + kv("error", e.what()));
-                } catch (...) {
-                    st = {code::internal, "non-standard exception"};
-                    log.write(log_level::warn, "event handler threw", kv("topic", ev->topic));
-                }
-                const auto elapsed = clock::now() - t0;
-                run_after(chain_, ran, [&](interceptor& i) {
-                    try {
-                        i.after_deliver(info, st, elapsed);
-                    } catch (...) {
-                    }
-                });
-            };
-            if (exec == execution::inline_loop)
-                deliver();
-            else
-                post_ordered(order, std::move(deliver));
+        refresh_subscribers();
+        bool filled = false;
+        std::shared_ptr<const event> shared; // for the handlers that run on workers
+        for (auto& s : subscribers_io_) {
+            if (topic.substr(0, s.prefix.size()) != s.prefix) continue;
+            if (!filled) {
+                // The I/O thread's event, refilled per event so its strings keep their storage.
+                event& ev = io_event_;
+                ev.topic.assign(topic);
+                ev.body.assign(v.body);
+                ev.seq = v.seq;
+                ev.source.assign(v.source);
+                ev.headers.assign(v.headers);
+                for (auto& [k, val] : v.headers)
+                    if (policy_->rejected_inbound(k)) ev.headers.erase(k);
+                filled = true;
+            }
+            if (s.exec == execution::inline_loop) {
+                deliver(io_event_, s.fn);
+            } else {
+                if (!shared) shared = std::make_shared<const event>(io_event_);
+                post_ordered(s.order, [this, fn = s.fn, ev = shared] { deliver(*ev, fn); });
+            }
         }
     }
+}
+
+void node_impl::refresh_subscribers() {
+    const auto version = subs_version_.load(std::memory_order_acquire);
+    if (version == subs_io_version_) return;
+    std::lock_guard lk(subs_mu_);
+    subscribers_io_.clear();
+    for (auto& [id, s] : subscribers_) subscribers_io_.push_back(s);
+    subs_io_version_ = subs_version_.load(std::memory_order_relaxed);
+}
+
+void node_impl::deliver(const event& ev, const event_handler& fn) {
+    // One context per thread, refilled per event (as for requests, see run_handler).
+    thread_local context reused;
+    thread_local bool reused_busy = false;
+    std::optional<context> fresh;
+    context& ctx = reused_busy ? fresh.emplace() : reused;
+    const bool owns_reused = !reused_busy;
+    reused_busy = true;
+    struct release {
+        bool owns;
+        ~release() {
+            if (owns) reused_busy = false;
+        }
+    } release_reused{owns_reused};
+    ctx.headers.assign(ev.headers);
+    ctx.deadline.reset();
+    ctx.set_parent_span_id({});
+    context_scope scope(ctx);
+    event_info info{ev.topic, ctx.headers, &ctx};
+    std::size_t ran = 0;
+    const auto t0 = clock::now();
+    status st;
+    try {
+        st = run_before(chain_, ran, [&](interceptor& i) { return i.before_deliver(info); });
+        // The event as it arrived; what interceptors change (this hop's trace span, ...)
+        // is in the context, which is what travels on.
+        if (st.ok()) fn(ev);
+    } catch (const error& e) {
+        st = e.to_status();
+    } catch (const std::exception& e) {
+        st = {code::internal, e.what()};
+        log.write(log_level::warn, "event handler threw", kv("topic", ev.topic) + kv("error", e.what()));
+    } catch (...) {
+        st = {code::internal, "non-standard exception"};
+        log.write(log_level::warn, "event handler threw", kv("topic", ev.topic));
+    }
+    const auto elapsed = clock::now() - t0;
+    run_after(chain_, ran, [&](interceptor& i) {
+        try {
+            i.after_deliver(info, st, elapsed);
+        } catch (...) {
+        }
+    });
 }
 
 } // namespace plexus::detail

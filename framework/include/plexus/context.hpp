@@ -34,8 +34,20 @@ inline constexpr std::string_view hop_prefix = "hop-";
 struct context {
     plexus::headers headers;
     std::optional<clock::time_point> deadline;
-    // Span id (16 hex digits) of the caller's span, when a traceparent came in.
-    std::string parent_span_id{};
+
+    // Span id (16 hex digits) of the caller's span, when a traceparent came in; empty
+    // otherwise.
+    [[nodiscard]] std::string_view parent_span_id() const noexcept {
+        return {parent_span_, parent_span_[0] ? sizeof parent_span_ : 0};
+    }
+    // Set by the tracing that opens this hop's span (16 characters; others clear it).
+    void set_parent_span_id(std::string_view id) noexcept {
+        if (id.size() != sizeof parent_span_) {
+            parent_span_[0] = '\0';
+            return;
+        }
+        for (std::size_t i = 0; i < sizeof parent_span_; ++i) parent_span_[i] = id[i];
+    }
 
     // From the "traceparent" header ("00-<trace-id>-<span-id>-<flags>"): this hop's
     // trace id (32 hex digits) and span id (16); empty without a valid traceparent.
@@ -51,6 +63,9 @@ struct context {
         auto left = std::chrono::duration_cast<std::chrono::microseconds>(*deadline - clock::now());
         return left.count() > 0 ? left : std::chrono::microseconds{0};
     }
+
+private:
+    char parent_span_[16]{}; // no allocation per hop
 };
 
 // Makes `ctx` current on this thread for the scope's lifetime; restores the previous

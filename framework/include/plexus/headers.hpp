@@ -43,6 +43,12 @@ public:
             if (kv.first == key) return std::string_view(kv.second);
         return std::nullopt;
     }
+    // The value, to change in place; nullptr when absent.
+    [[nodiscard]] std::string* find(std::string_view key) noexcept {
+        for (auto& kv : items_)
+            if (kv.first == key) return &kv.second;
+        return nullptr;
+    }
     [[nodiscard]] std::string_view get_or(std::string_view key, std::string_view dflt) const noexcept {
         auto v = get(key);
         return v ? *v : dflt;
@@ -56,6 +62,23 @@ public:
                 return true;
             }
         return false;
+    }
+    // Replaces the contents with `pairs` (key/value pairs of anything a string_view
+    // is made from), reusing the storage of the strings already held: refilling one
+    // headers object per message allocates nothing once it has grown.
+    template <class Pairs>
+    void assign(const Pairs& pairs) {
+        std::size_t n = 0;
+        for (const auto& [k, v] : pairs) {
+            if (n < items_.size()) {
+                items_[n].first.assign(std::string_view(k));
+                items_[n].second.assign(std::string_view(v));
+            } else {
+                items_.emplace_back(std::string(std::string_view(k)), std::string(std::string_view(v)));
+            }
+            ++n;
+        }
+        items_.resize(n);
     }
     void clear() noexcept { items_.clear(); }
     void reserve(std::size_t n) { items_.reserve(n); }

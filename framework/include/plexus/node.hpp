@@ -79,6 +79,15 @@ enum class balance_policy : std::uint8_t {
     least_in_flight, // power of two choices: of two random instances, the one with fewer calls in flight
 };
 
+// What the built-in tracing does (W3C Trace Context in the "traceparent" header, and
+// the "call-chain" header; docs/PROTOCOL.md s.10).
+enum class trace_mode : std::uint8_t {
+    off,       // nothing: headers travel as they are, no span per hop
+    propagate, // a trace that arrives gets a new span per hop and the call chain grows;
+               // calls and events made outside any trace carry none
+    start,     // as propagate, and a call or event made outside any trace starts one
+};
+
 // What context headers travel where (docs/PROTOCOL.md, "Context headers").
 struct header_policy {
     // Keys never carried from a handler's context into the calls and events it makes
@@ -131,6 +140,9 @@ struct node_options {
     balance_policy balance = balance_policy::round_robin;
     // Context header propagation rules.
     header_policy propagation{};
+    // Built-in tracing. `propagate` saves the ~70-byte traceparent (and its cost) on
+    // calls and events that start outside any trace.
+    trace_mode tracing = trace_mode::start;
     // Interceptors after the built-in ones, in this order (see interceptor.hpp).
     std::vector<std::shared_ptr<interceptor>> interceptors{};
     // Whether the system method plexus.publish may publish on this node's behalf

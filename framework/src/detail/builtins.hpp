@@ -88,13 +88,14 @@ private:
 
 class tracing_interceptor final : public interceptor {
 public:
-    explicit tracing_interceptor(std::size_t max_chain) : max_chain_(max_chain) {}
+    tracing_interceptor(trace_mode mode, std::size_t max_chain) : mode_(mode), max_chain_(max_chain) {}
     status before_handle(call_info& c) override;
     status before_call(call_info& c) override;
     status before_publish(event_info& e) override;
     status before_deliver(event_info& e) override;
 
 private:
+    trace_mode mode_;
     std::size_t max_chain_;
 };
 

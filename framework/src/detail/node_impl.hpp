@@ -78,16 +78,20 @@ struct request_job {
 struct outgoing_reply {
     std::vector<zmq::message_t> frames;
     std::size_t route_len = 0;
-    std::string envelope;
+    zmq::message_t envelope;
 };
 
-// What a node knows of one peer RPC endpoint; shared by every thread calling it.
+// What a node knows of one peer RPC endpoint; shared by every thread calling it, and
+// what a call holds instead of a copy of the endpoint's name.
 struct endpoint_state {
+    explicit endpoint_state(std::string ep) : endpoint(std::move(ep)) {}
+    const std::string endpoint;
     // Bumped when the peer is seen to go away: sync calls in flight to it notice and
     // fail fast instead of waiting for their deadline.
     std::atomic<std::uint64_t> down_gen{0};
     std::atomic<int> in_flight{0}; // for balance_policy::least_in_flight
     std::optional<discovery::node_id> peer; // under routes_mu_
+    zmq::socket_t* io_sock = nullptr;       // its DEALER in async_socks_; I/O thread only
 };
 
 struct pending_call {
@@ -98,20 +102,23 @@ struct pending_call {
     clock::time_point started;
     std::size_t ran = 0;
     clock::time_point deadline;
-    std::string endpoint;
+    std::shared_ptr<endpoint_state> target;
     std::optional<std::promise<reply>> promise;
     std::function<void(reply)> callback;   // run on a worker
     std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
     std::shared_ptr<context> ctx; // current for the callback
-    std::shared_ptr<endpoint_state> target;
     // Its entry in node_impl::deadlines_ (I/O thread), erased with the call.
     std::optional<std::multimap<clock::time_point, std::uint64_t>::iterator> deadline_it;
+
+    [[nodiscard]] std::string_view endpoint() const noexcept {
+        return target ? std::string_view(target->endpoint) : std::string_view();
+    }
 };
 
+// The request is encoded by the caller, into the message the I/O thread sends.
 struct async_call_cmd {
-    std::string endpoint;
-    std::string envelope;
     std::shared_ptr<pending_call> call;
+    zmq::message_t envelope;
 };
 struct subscribe_cmd {
     std::uint64_t id;
@@ -240,15 +247,18 @@ private:
     void io_bind(); // on io thread, before ready
     void handle_router();
     void handle_sub();
+    void refresh_subscribers(); // I/O thread: subscribers_io_ up to date
+    void deliver(const event& ev, const event_handler& fn); // runs one subscriber's handler
     void handle_async_sock(const std::string& endpoint, zmq::socket_t& s);
     void handle_commands();
     void flush_publications();
     void expire_calls(clock::time_point now);
     void tick_peers(clock::time_point now);
     void dispatch_request(std::vector<zmq::message_t>& frames);
-    void send_reply(std::span<zmq::message_t> route, const std::string& env);
+    void send_reply(std::span<zmq::message_t> route, zmq::message_t env);
     void reply_error(std::span<zmq::message_t> route, std::uint64_t id, code c, std::string_view msg);
     zmq::socket_t& async_socket(const std::string& endpoint);
+    zmq::socket_t& async_socket(endpoint_state& ep);
     void complete(std::shared_ptr<pending_call> call, reply r);
     // Registers / removes an outstanding call on the I/O thread (pending_ and deadlines_).
     void add_pending(const std::shared_ptr<pending_call>& call);
@@ -267,13 +277,15 @@ private:
     // any thread
     std::string run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
                             std::string& error);
-    std::string encode_reply(std::uint64_t id, code c, std::string_view error, std::string_view body);
+    zmq::message_t encode_reply(std::uint64_t id, code c, std::string_view error, std::string_view body);
     method_entry* find_method(std::string_view service, std::string_view method) const;
-    std::optional<std::string> resolve(std::string_view service, clock::time_point deadline, status& why,
-                                       balance_policy policy);
+    // An instance of the service, waiting until the deadline for one to be known.
+    std::shared_ptr<endpoint_state> resolve(std::string_view service, clock::time_point deadline, status& why,
+                                            balance_policy policy);
     std::shared_ptr<endpoint_state> state_of(const std::string& endpoint); // locks routes_mu_
-    std::string encode_request(std::uint64_t id, std::string_view service, std::string_view method,
-                               std::string_view body, const headers& h, clock::time_point deadline);
+    zmq::message_t encode_request(std::uint64_t id, std::string_view service, std::string_view method,
+                                  std::string_view body, const headers& h, clock::time_point deadline);
+    std::shared_ptr<endpoint_state>& state_locked(const std::string& endpoint); // under routes_mu_
     // The current context's headers that travel on (hop-by-hop ones left behind),
     // overridden by `extra`.
     headers outgoing_headers(const headers& extra) const;
@@ -312,9 +324,14 @@ private:
     std::multimap<clock::time_point, std::uint64_t> deadlines_;
     std::vector<peer_state> peers_;
     std::unordered_set<std::string> event_endpoints_;
-    std::vector<subscriber_entry> subscribers_io_;
-    std::unordered_map<std::string, std::uint64_t> last_seq_; // source + '\0' + topic
+    std::vector<subscriber_entry> subscribers_io_; // copy of subscribers_ at subs_io_version_
+    std::uint64_t subs_io_version_ = 0;
+    event io_event_;                               // the event being delivered (scratch)
+    std::string seq_key_;                          // scratch
+    std::unordered_map<std::string, std::uint64_t, string_hash, std::equal_to<>> last_seq_; // source + '\0' + topic
     std::deque<pub_item> pub_backlog_;
+    std::vector<outgoing_reply> reply_batch_; // scratch
+    std::vector<command> command_batch_;      // scratch
     std::vector<zmq::message_t> frames_;  // scratch
     envelope_view view_;                  // scratch
     std::atomic<std::uint64_t> pool_jobs_in_flight_{0};
@@ -323,12 +340,14 @@ private:
     // subscriptions: registered from any thread, used on io thread
     std::mutex subs_mu_;
     std::unordered_map<std::uint64_t, subscriber_entry> subscribers_;
+    std::atomic<std::uint64_t> subs_version_{1}; // bumped on every change of subscribers_
     std::atomic<std::uint64_t> next_sub_id_{1};
 
     // publishing
     mutable std::mutex pub_mu_;
     std::condition_variable pub_space_;
     std::deque<pub_item> pubq_;
+    work_flag pubq_work_; // pubq_ not empty
     std::size_t pub_queued_ = 0; // pubq_ + pub_backlog_, under pub_mu_
     std::unordered_map<std::string, topic_counters, string_hash, std::equal_to<>> topics_;
     // The counters of a topic, found without building a string; under pub_mu_.

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
@@ -15,15 +16,42 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include <zmq.hpp>
 
+#include <plexus/envelope.hpp>
 #include <plexus/node.hpp>
 
 namespace plexus::detail {
 
+// Encodes straight into memory that `place(arg, size)` returns (envelope.cpp): what
+// the senders use to write an envelope into the message libzmq will send, with no
+// intermediate string and no copy.
+void encode_into(const envelope_view& e, char* (*place)(void*, std::size_t), void* arg);
+
+inline zmq::message_t encode_message(const envelope_view& e) {
+    zmq::message_t m;
+    encode_into(
+        e,
+        [](void* arg, std::size_t size) {
+            auto* msg = static_cast<zmq::message_t*>(arg);
+            msg->rebuild(size);
+            return static_cast<char*>(msg->data());
+        },
+        &m);
+    return m;
+}
+
 // An eventfd that wakes the I/O thread's zmq_poll (polled as a raw fd beside the
 // sockets). Measured cheaper than a second inproc PAIR socket (shared/FACTS.md).
+//
+// Producers call notify() after queueing work; it writes the eventfd only when the
+// I/O thread has said it is about to sleep (arm()), so a busy I/O thread, which looks
+// at its queues on every turn anyway, costs its producers no syscall. The I/O thread:
+// arm(); if any queue has work, poll without blocking; poll; disarm(). Both sides use
+// sequentially consistent operations (a Dekker handshake with the queues' flags): either
+// the I/O thread sees the work, or the producer sees it armed and writes.
 class wakeup {
 public:
     wakeup() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
@@ -33,10 +61,11 @@ public:
     wakeup(const wakeup&) = delete;
     wakeup& operator=(const wakeup&) = delete;
 
-    void signal() noexcept {
-        std::uint64_t one = 1;
-        [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+    void notify() noexcept {
+        if (armed_.load(std::memory_order_seq_cst) && armed_.exchange(false, std::memory_order_seq_cst)) signal();
     }
+    void arm() noexcept { armed_.store(true, std::memory_order_seq_cst); }
+    void disarm() noexcept { armed_.store(false, std::memory_order_relaxed); }
     void drain() noexcept {
         std::uint64_t v;
         [[maybe_unused]] auto n = ::read(fd_, &v, sizeof v);
@@ -44,7 +73,24 @@ public:
     [[nodiscard]] int fd() const noexcept { return fd_; }
 
 private:
+    void signal() noexcept {
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+    }
     int fd_;
+    std::atomic<bool> armed_{false};
+};
+
+// Whether a queue may have work, for the I/O thread's check between arm() and poll;
+// set under the queue's lock by producers, cleared by the consumer when it takes all.
+class work_flag {
+public:
+    void set() noexcept { v_.store(true, std::memory_order_seq_cst); }
+    void clear() noexcept { v_.store(false, std::memory_order_relaxed); }
+    [[nodiscard]] bool get() const noexcept { return v_.load(std::memory_order_seq_cst); }
+
+private:
+    std::atomic<bool> v_{false};
 };
 
 // A move-only nullary task (std::function needs copyable callables; C++20 has no
@@ -71,31 +117,34 @@ private:
     std::unique_ptr<concept_t> impl_;
 };
 
-// Multi-producer queue drained in batches by one consumer; signals a wakeup only on
-// the empty -> non-empty transition, so a busy producer does not pay a syscall per item.
+// Multi-producer queue drained in batches by one consumer (the I/O thread), which is
+// woken through `wakeup` only when it sleeps.
 template <class T>
 class batch_queue {
 public:
     explicit batch_queue(wakeup& w) : wake_(&w) {}
     void push(T item) {
-        bool was_empty;
         {
             std::lock_guard lk(mu_);
-            was_empty = items_.empty();
             items_.push_back(std::move(item));
+            has_work_.set();
         }
-        if (was_empty) wake_->signal();
+        wake_->notify();
     }
-    // Swaps the queued items into `out` (which should be empty).
-    void take(std::deque<T>& out) {
+    // Swaps the queued items into `out`, which must be empty; the consumer keeps one
+    // vector and clears it after use, so in steady state neither side allocates.
+    void take(std::vector<T>& out) {
         std::lock_guard lk(mu_);
         out.swap(items_);
+        has_work_.clear();
     }
+    [[nodiscard]] bool has_work() const noexcept { return has_work_.get(); }
 
 private:
     wakeup* wake_;
     std::mutex mu_;
-    std::deque<T> items_;
+    std::vector<T> items_;
+    work_flag has_work_;
 };
 
 // Receives one message of exactly two frames without blocking (a reply ["", envelope]
