@@ -282,6 +282,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     auto call = std::make_shared<pending_call>();
     call->promise = std::move(promise);
     call->callback = std::move(cb);
+    call->callback_inline = o.callback_exec == execution::inline_loop;
     call->service = service;
     call->method = method;
     call->started = clock::now();
@@ -293,7 +294,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
         if (call->promise) call->promise->set_value(std::move(r));
         else if (call->callback) {
-            if (running_) {
+            if (running_ && !call->callback_inline) {
                 post_task([call, r = std::move(r)]() mutable {
                     std::optional<context_scope> scope;
                     if (call->ctx) scope.emplace(*call->ctx);
@@ -346,6 +347,16 @@ void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
         call->on_io(r);
     } else if (call->promise) {
         call->promise->set_value(std::move(r));
+    } else if (call->callback && call->callback_inline) {
+        std::optional<context_scope> scope;
+        if (call->ctx) scope.emplace(*call->ctx);
+        try {
+            call->callback(std::move(r));
+        } catch (const std::exception& e) {
+            log.write(log_level::warn, "call callback threw", kv("method", call->service + "." + call->method) + kv("error", e.what()));
+        } catch (...) {
+            log.write(log_level::warn, "call callback threw", kv("method", call->service + "." + call->method));
+        }
     } else if (call->callback) {
         post_task([call, r = std::move(r)]() mutable {
             std::optional<context_scope> scope;
@@ -355,33 +366,53 @@ void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     }
 }
 
+// deadlines_ is a min-heap of (deadline, id) whose entries are not removed when their
+// call completes (that would cost a tree node per call): an entry whose id is no
+// longer pending is skipped when it comes to the top, and the heap is rebuilt from
+// pending_ when stale entries outnumber live ones, so it stays O(calls in flight).
+namespace {
+constexpr auto later_first = [](const auto& a, const auto& b) { return a.first > b.first; };
+}
+
 void node_impl::add_pending(const std::shared_ptr<pending_call>& call) {
     pending_.emplace(call->id, call);
-    call->deadline_it = deadlines_.emplace(call->deadline, call->id);
+    if (deadlines_.size() > 2 * pending_.size() + 1024) {
+        deadlines_.clear();
+        for (auto& [id, c] : pending_) deadlines_.emplace_back(c->deadline, id);
+        std::make_heap(deadlines_.begin(), deadlines_.end(), later_first);
+        return;
+    }
+    deadlines_.emplace_back(call->deadline, call->id);
+    std::push_heap(deadlines_.begin(), deadlines_.end(), later_first);
 }
 
 std::shared_ptr<pending_call> node_impl::take_pending(
     std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>>::iterator it) {
     auto call = std::move(it->second);
     pending_.erase(it);
-    if (call->deadline_it) {
-        deadlines_.erase(*call->deadline_it);
-        call->deadline_it.reset();
-    }
     return call;
 }
 
 void node_impl::expire_calls(clock::time_point now) {
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-        auto id = deadlines_.begin()->second;
+    while (!deadlines_.empty() && deadlines_.front().first <= now) {
+        const auto id = deadlines_.front().second;
+        std::pop_heap(deadlines_.begin(), deadlines_.end(), later_first);
+        deadlines_.pop_back();
         auto it = pending_.find(id);
-        if (it == pending_.end()) { // cannot happen: entries leave with their calls
-            deadlines_.erase(deadlines_.begin());
-            continue;
-        }
+        if (it == pending_.end()) continue; // completed already
         auto call = take_pending(it);
         complete(call, reply{{code::deadline_exceeded, "no reply from " + std::string(call->endpoint()) + " before the deadline"}, {}});
     }
+}
+
+std::optional<clock::time_point> node_impl::next_deadline() {
+    // Stale entries at the top would only wake the loop early; drop them first.
+    while (!deadlines_.empty() && !pending_.contains(deadlines_.front().second)) {
+        std::pop_heap(deadlines_.begin(), deadlines_.end(), later_first);
+        deadlines_.pop_back();
+    }
+    if (deadlines_.empty()) return std::nullopt;
+    return deadlines_.front().first;
 }
 
 void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s) {

@@ -362,7 +362,7 @@ void node_impl::io_main(std::promise<void> ready) {
             if (ms < 0) ms = 0;
             if (timeout < 0 || ms < timeout) timeout = static_cast<long>(ms);
         };
-        if (!deadlines_.empty()) consider(deadlines_.begin()->first);
+        if (auto d = next_deadline()) consider(*d);
         for (auto& p : peers_)
             if (p.pending_id == 0) consider(p.next_describe);
         if (!pub_backlog_.empty()) consider(now + std::chrono::milliseconds(1));

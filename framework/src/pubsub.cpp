@@ -57,9 +57,7 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
                                         [&](const std::string& t) { return topic.compare(0, t.size(), t) == 0; });
     if (new_topic) announced_topics_.emplace_back(topic);
     e.seq = ++tc.seq;
-    std::string env;
-    env.reserve(64 + topic.size() + body.size());
-    encode(e, env);
+    zmq::message_t env = encode_message(e);
     if (static_cast<std::int64_t>(env.size() + topic.size()) > opts.max_message_size) {
         --tc.seq;
         ++tc.dropped;
@@ -98,7 +96,7 @@ void node_impl::flush_publications() {
                 dropped.push_back(std::move(item.topic));
             } else {
                 // The rest of a multipart message is accepted once its first part is.
-                (void)pub_->send(zmq::buffer(item.envelope), zmq::send_flags::none);
+                (void)pub_->send(item.envelope, zmq::send_flags::none);
             }
             pub_backlog_.pop_front();
             ++done;

@@ -174,6 +174,10 @@ struct call_options {
     std::string endpoint{};
     // Instance choice for this call; unset: node_options::balance.
     std::optional<balance_policy> balance{};
+    // Where the callback of call_async(..., on_done) runs: a worker (pool), or the I/O
+    // thread as the reply is read (inline_loop: no thread hand-off; the callback must
+    // not block, and a call that fails before it is sent completes on the caller).
+    execution callback_exec = execution::pool;
 };
 
 struct reply {
@@ -372,7 +376,8 @@ public:
     // The future always becomes ready by the call's deadline.
     [[nodiscard]] std::future<reply> call_async(std::string_view service, std::string_view method, std::string body,
                                                 const call_options& opts = {});
-    // The callback runs on a worker thread with the caller's context current.
+    // The callback runs with the caller's context current, on a worker thread or, with
+    // call_options::callback_exec = inline_loop, on the I/O thread.
     void call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
                     std::function<void(reply)> on_done);
 

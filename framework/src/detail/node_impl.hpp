@@ -104,11 +104,10 @@ struct pending_call {
     clock::time_point deadline;
     std::shared_ptr<endpoint_state> target;
     std::optional<std::promise<reply>> promise;
-    std::function<void(reply)> callback;   // run on a worker
+    std::function<void(reply)> callback;   // run on a worker, or on the I/O thread when callback_inline
+    bool callback_inline = false;
     std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
     std::shared_ptr<context> ctx; // current for the callback
-    // Its entry in node_impl::deadlines_ (I/O thread), erased with the call.
-    std::optional<std::multimap<clock::time_point, std::uint64_t>::iterator> deadline_it;
 
     [[nodiscard]] std::string_view endpoint() const noexcept {
         return target ? std::string_view(target->endpoint) : std::string_view();
@@ -149,7 +148,7 @@ using command = std::variant<async_call_cmd, subscribe_cmd, connect_peer_cmd, co
 
 struct pub_item {
     std::string topic;
-    std::string envelope;
+    zmq::message_t envelope; // encoded by the publishing thread, sent as it is
 };
 
 // Lets unordered maps keyed by std::string be searched with a string_view.
@@ -253,6 +252,7 @@ private:
     void handle_commands();
     void flush_publications();
     void expire_calls(clock::time_point now);
+    std::optional<clock::time_point> next_deadline(); // of the calls in flight
     void tick_peers(clock::time_point now);
     void dispatch_request(std::vector<zmq::message_t>& frames);
     void send_reply(std::span<zmq::message_t> route, zmq::message_t env);
@@ -321,7 +321,7 @@ private:
     std::optional<zmq::socket_t> router_, pub_, sub_;
     std::map<std::string, zmq::socket_t> async_socks_;
     std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> pending_;
-    std::multimap<clock::time_point, std::uint64_t> deadlines_;
+    std::vector<std::pair<clock::time_point, std::uint64_t>> deadlines_; // heap, see add_pending
     std::vector<peer_state> peers_;
     std::unordered_set<std::string> event_endpoints_;
     std::vector<subscriber_entry> subscribers_io_; // copy of subscribers_ at subs_io_version_
