@@ -129,6 +129,7 @@ TEST_CASE("a call in flight to an instance whose connection breaks fails fast", 
     auto async_f = c.call_async("svc", "m", "", {.timeout = 10s, .endpoint = ep});
     REQUIRE_FALSE(recv_frames(*router).empty());
     REQUIRE_FALSE(recv_frames(*router).empty());
+    CHECK(c.stats().peer_connections == 1); // one DEALER for the async call, watching for the sync one too
     const auto t0 = std::chrono::steady_clock::now();
     router.reset(); // the "instance" dies
     auto fut = sync_r.get_future();
@@ -139,6 +140,8 @@ TEST_CASE("a call in flight to an instance whose connection breaks fails fast", 
     CHECK(fut.get().status.code == plexus::code::unavailable);
     CHECK(async_f.get().status.code == plexus::code::unavailable);
     CHECK(took < 2s); // far sooner than the 10 s deadline
+    // The connection to the dead instance is closed, not kept reconnecting for ever.
+    CHECK(eventually([&] { return c.stats().peer_connections == 0; }));
 }
 
 TEST_CASE("subscribe by prefix reaches publishers present now and later, and drops those that leave", "[discovery][pubsub]") {

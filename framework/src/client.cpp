@@ -196,16 +196,16 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     std::unique_lock lk(ch->mu);
     if (ch->closed) return fail(code::cancelled, "node is stopping");
     ++calls_sent_;
-    const auto gen = target->down_gen.load();
     target->in_flight.fetch_add(1, std::memory_order_relaxed);
     struct in_flight_guard {
         endpoint_state& s;
         ~in_flight_guard() { s.in_flight.fetch_sub(1, std::memory_order_relaxed); }
     } guard{*target};
     try {
+        // The I/O thread watches the connection, so that its loss wakes us (down_fd).
+        if (!target->watched.exchange(true)) commands_.push(watch_cmd{endpoint});
         auto it = ch->socks.find(endpoint);
         if (it == ch->socks.end()) {
-            commands_.push(watch_cmd{endpoint}); // the I/O thread watches the connection
             zmq::socket_t s(ctx_, zmq::socket_type::dealer);
             s.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(opts.max_message_size));
             s.set(zmq::sockopt::sndhwm, opts.send_hwm);
@@ -227,11 +227,12 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
         }
         (void)s.send(env, zmq::send_flags::none);
         for (;;) {
-            zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
-            // Wake up every slice to see whether the peer went away (endpoint_down).
-            const long wait = std::min(ms_until(deadline), 20L);
-            const int n = zmq::poll(&item, 1, std::chrono::milliseconds(wait));
-            if (n == 0 && target->down_gen.load() != gen) {
+            zmq::pollitem_t items[2] = {{s.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, target->down_fd, ZMQ_POLLIN, 0}};
+            // Without an eventfd, wake up every slice to see whether the peer went away.
+            const long wait = target->down_fd >= 0 ? ms_until(deadline) : std::min(ms_until(deadline), 20L);
+            const int n = zmq::poll(items, target->down_fd >= 0 ? 2 : 1, std::chrono::milliseconds(wait));
+            auto& item = items[0];
+            if (!(item.revents & ZMQ_POLLIN) && target->is_down.load()) {
                 ch->socks.erase(it);
                 return fail(code::unavailable, "the instance at " + endpoint + " went away while " +
                                                    std::string(service) + "." + std::string(method) + " was in flight");

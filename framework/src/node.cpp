@@ -400,6 +400,7 @@ void node_impl::io_main(std::promise<void> ready) {
         for (std::size_t i = 0; i < mon_items.size(); ++i)
             if (items[mon_i + i].revents & ZMQ_POLLIN) handle_monitor(*mon_names[i], *mon_items[i]);
         flush_publications();
+        if (!dead_endpoints_.empty()) close_dead_endpoints();
     }
     drain_and_close();
     tl_io_owner = nullptr;
@@ -439,6 +440,7 @@ void node_impl::drain_and_close() {
         for (auto& [ep, st] : endpoint_states_) st->io_sock = nullptr;
     }
     async_socks_.clear();
+    async_socks_count_ = 0;
 }
 
 void node_impl::handle_commands() {
@@ -457,6 +459,10 @@ void node_impl::handle_commands() {
                 } else if constexpr (std::is_same_v<T, async_call_cmd>) {
                     if (io_stopping_) {
                         complete(cmd.call, reply{{code::cancelled, "node is stopping"}, {}});
+                        return;
+                    }
+                    if (cmd.call->target->is_down) { // went down since the call chose it
+                        complete(cmd.call, reply{{code::unavailable, "the instance chosen went away before the call was sent"}, {}});
                         return;
                     }
                     try {
@@ -537,7 +543,9 @@ zmq::socket_t& node_impl::async_socket(const std::string& endpoint) {
         monitors_.emplace(endpoint, std::move(pair));
     }
     s.connect(endpoint);
-    return async_socks_.emplace(endpoint, std::move(s)).first->second;
+    auto& placed = async_socks_.emplace(endpoint, std::move(s)).first->second;
+    async_socks_count_ = async_socks_.size();
+    return placed;
 }
 
 void node_impl::watch(const std::string& endpoint) {
@@ -562,17 +570,22 @@ void node_impl::handle_monitor(const std::string& endpoint, zmq::socket_t& pair)
 
 void node_impl::endpoint_down(const std::string& endpoint, const std::string& why) {
     std::optional<discovery::node_id> peer;
+    std::shared_ptr<endpoint_state> gone;
     {
         std::lock_guard lk(routes_mu_);
-        auto it = endpoint_states_.find(endpoint);
-        if (it != endpoint_states_.end()) {
-            it->second->down_gen.fetch_add(1);
-            peer = it->second->peer;
+        if (auto it = endpoint_states_.find(endpoint); it != endpoint_states_.end()) {
+            gone = std::move(it->second);
+            endpoint_states_.erase(it);
+            peer = gone->peer;
         }
         // A peer known through discovery comes back through discovery (a new
         // incarnation); one given by `connect` through its next describe.
         for (auto& [name, eps] : routes_) std::erase(eps, endpoint);
         routes_cv_.notify_all();
+    }
+    if (gone) {
+        gone->io_sock = nullptr; // its socket closes at the end of this turn
+        gone->mark_down();       // sync calls to it wake and fail now
     }
     for (auto& p : peers_)
         if (p.endpoint == endpoint) {
@@ -587,7 +600,28 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
     }
     for (auto& c : failed) complete(c, reply{{code::unavailable, why + " while the call was in flight"}, {}});
     if (auto* a = agent(); peer && a) a->mark_dead(*peer);
-    log.write(log_level::info, "endpoint down", kv("endpoint", endpoint) + kv("why", why) + kv("failed_calls", failed.size()));
+    // Its DEALER and monitor go (a peer that comes back gets new ones): an instance that
+    // dies leaves no socket behind. Not now: the loop may still hold them this turn.
+    if (async_socks_.contains(endpoint)) dead_endpoints_.push_back(endpoint);
+    if (gone || !failed.empty())
+        log.write(log_level::info, "endpoint down", kv("endpoint", endpoint) + kv("why", why) + kv("failed_calls", failed.size()));
+}
+
+void node_impl::close_dead_endpoints() {
+    for (auto& ep : dead_endpoints_) {
+        monitors_.erase(ep);
+        auto it = async_socks_.find(ep);
+        if (it == async_socks_.end()) continue;
+        {
+            // A state made for the endpoint since it went down may point at this socket.
+            std::lock_guard lk(routes_mu_);
+            if (auto st = endpoint_states_.find(ep); st != endpoint_states_.end() && st->second->io_sock == &it->second)
+                st->second->io_sock = nullptr;
+        }
+        async_socks_.erase(it);
+    }
+    dead_endpoints_.clear();
+    async_socks_count_ = async_socks_.size();
 }
 
 // ---------------------------------------------------------------- server side
@@ -806,6 +840,7 @@ node_stats node_impl::stats() const {
     s.unsupported_version = unsupported_version_;
     s.calls_sent = calls_sent_;
     s.call_errors = call_errors_;
+    s.peer_connections = async_socks_count_;
     return s;
 }
 

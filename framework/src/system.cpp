@@ -117,7 +117,7 @@ std::string node_impl::sys_stats(request&) {
     const node_stats s = stats();
     msgpack::sbuffer buf;
     packer pk(buf);
-    pk.pack_map(8);
+    pk.pack_map(9);
     field(pk, "node", opts.name);
     field(pk, "uptime_ms", uptime_ms(started_at_));
     pack_str(pk, "methods");
@@ -156,6 +156,7 @@ std::string node_impl::sys_stats(request&) {
     field(pk, "unsupported_version", s.unsupported_version);
     field(pk, "calls_sent", s.calls_sent);
     field(pk, "call_errors", s.call_errors);
+    field(pk, "peer_connections", s.peer_connections);
     return to_string(buf);
 }
 

@@ -307,6 +307,9 @@ struct node_stats {
     std::uint64_t malformed = 0;           // undecodable envelopes received
     std::uint64_t unsupported_version = 0; // envelopes of another protocol version
     std::uint64_t calls_sent = 0, call_errors = 0;
+    // Connections the I/O thread holds to peers' RPC endpoints (async calls, and the
+    // watch on endpoints that sync calls use); one that goes down is closed.
+    std::uint64_t peer_connections = 0;
 };
 
 class node {

@@ -82,14 +82,32 @@ struct outgoing_reply {
 };
 
 // What a node knows of one peer RPC endpoint; shared by every thread calling it, and
-// what a call holds instead of a copy of the endpoint's name.
+// what a call holds instead of a copy of the endpoint's name. When the peer is seen to
+// go away the state is marked down and replaced in node_impl::endpoint_states_: the
+// calls that still hold it fail at once, new calls get the fresh state.
 struct endpoint_state {
-    explicit endpoint_state(std::string ep) : endpoint(std::move(ep)) {}
+    explicit endpoint_state(std::string ep)
+        : endpoint(std::move(ep)), down_fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+    ~endpoint_state() {
+        if (down_fd >= 0) ::close(down_fd);
+    }
+    endpoint_state(const endpoint_state&) = delete;
+    endpoint_state& operator=(const endpoint_state&) = delete;
+
+    // Wakes every synchronous call waiting on down_fd; the fd stays readable for good.
+    void mark_down() noexcept {
+        is_down.store(true);
+        if (down_fd >= 0) {
+            std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(down_fd, &one, sizeof one);
+        }
+    }
+
     const std::string endpoint;
-    // Bumped when the peer is seen to go away: sync calls in flight to it notice and
-    // fail fast instead of waiting for their deadline.
-    std::atomic<std::uint64_t> down_gen{0};
-    std::atomic<int> in_flight{0}; // for balance_policy::least_in_flight
+    const int down_fd; // readable once down (-1 if no eventfd could be made: then polled)
+    std::atomic<bool> is_down{false};
+    std::atomic<bool> watched{false}; // the I/O thread has been asked to monitor it
+    std::atomic<int> in_flight{0};    // for balance_policy::least_in_flight
     std::optional<discovery::node_id> peer; // under routes_mu_
     zmq::socket_t* io_sock = nullptr;       // its DEALER in async_socks_; I/O thread only
 };
@@ -266,6 +284,8 @@ private:
     void on_describe_reply(const std::string& peer, const reply& r);
     void drain_and_close();
     void endpoint_down(const std::string& endpoint, const std::string& why);
+    void close_dead_endpoints(); // end of an I/O turn: sockets of endpoints gone down
+    std::vector<std::string> dead_endpoints_;
     void watch(const std::string& endpoint);
     void handle_monitor(const std::string& endpoint, zmq::socket_t& pair);
     // discovery
@@ -320,6 +340,7 @@ private:
     batch_queue<outgoing_reply> replies_{wake_};
     std::optional<zmq::socket_t> router_, pub_, sub_;
     std::map<std::string, zmq::socket_t> async_socks_;
+    std::atomic<std::size_t> async_socks_count_{0}; // async_socks_.size(), for stats()
     std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> pending_;
     std::vector<std::pair<clock::time_point, std::uint64_t>> deadlines_; // heap, see add_pending
     std::vector<peer_state> peers_;
