@@ -47,15 +47,14 @@ clock::time_point node_impl::deadline_for(const call_options& o) const {
     return d;
 }
 
-headers node_impl::outgoing_headers(const headers& extra) const {
-    headers out;
-    if (auto* c = context::current()) {
-        out.reserve(c->headers.size() + extra.size());
+void node_impl::outgoing_headers(const headers& extra, headers& out) const {
+    thread_local std::vector<std::pair<std::string_view, std::string_view>> picked;
+    picked.clear();
+    if (auto* c = context::current())
         for (auto& [k, v] : c->headers)
-            if (!policy_->hop_by_hop(k) && !extra.contains(k)) out.append(k, v);
-    }
-    for (auto& [k, v] : extra) out.append(k, v);
-    return out;
+            if (!policy_->hop_by_hop(k) && !extra.contains(k)) picked.emplace_back(k, v);
+    for (auto& [k, v] : extra) picked.emplace_back(k, v);
+    out.assign(picked);
 }
 
 zmq::message_t node_impl::encode_request(std::uint64_t id, std::string_view service, std::string_view method,
@@ -153,7 +152,9 @@ std::shared_ptr<channel> node_impl::my_channel() {
 }
 
 reply node_impl::call_sync(std::string_view service, std::string_view method, std::string body, const call_options& o) {
-    headers sent;
+    per_thread<headers, struct sync_call_headers> scratch;
+    headers& sent = scratch.get();
+    outgoing_headers(o.headers, sent);
     call_info info{service, method, sent, std::nullopt, {}, nullptr};
     std::size_t ran = 0;
     const auto started = clock::now();
@@ -180,7 +181,6 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
         target = state_of(o.endpoint);
     }
     const std::string& endpoint = target->endpoint;
-    sent = outgoing_headers(o.headers);
     info.deadline = deadline;
     info.endpoint = endpoint;
     if (auto pre = run_before(chain_, ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
@@ -320,7 +320,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     } else {
         call->target = state_of(o.endpoint);
     }
-    call->sent = outgoing_headers(o.headers);
+    outgoing_headers(o.headers, call->sent);
     {
         call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         if (auto pre = run_before(chain_, call->ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())

@@ -761,20 +761,8 @@ void node_impl::dispatch_request(std::vector<zmq::message_t>& frames) {
 
 std::string node_impl::run_handler(method_entry& m, const envelope_view& env, clock::time_point received, code& status,
                                    std::string& err) {
-    // One context per thread, refilled per request so that its header strings keep
-    // their storage; a fresh one if a handler ever runs inside another on this thread.
-    thread_local context reused;
-    thread_local bool reused_busy = false;
-    std::optional<context> fresh;
-    context& ctx = reused_busy ? fresh.emplace() : reused;
-    const bool owns_reused = !reused_busy;
-    reused_busy = true;
-    struct release {
-        bool owns;
-        ~release() {
-            if (owns) reused_busy = false;
-        }
-    } release_reused{owns_reused};
+    per_thread<context, struct handler_context> scratch;
+    context& ctx = scratch.get();
     ctx.headers.assign(env.headers);
     ctx.deadline.reset();
     ctx.set_parent_span_id({});

@@ -19,7 +19,9 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
     e.topic = topic;
     e.body = body;
     e.source = node_id;
-    headers h = outgoing_headers(extra);
+    per_thread<headers, struct publish_headers> scratch;
+    headers& h = scratch.get();
+    outgoing_headers(extra, h);
     {
         event_info info{topic, h, nullptr};
         std::size_t ran = 0;
@@ -215,19 +217,8 @@ void node_impl::refresh_subscribers() {
 }
 
 void node_impl::deliver(const event& ev, const event_handler& fn) {
-    // One context per thread, refilled per event (as for requests, see run_handler).
-    thread_local context reused;
-    thread_local bool reused_busy = false;
-    std::optional<context> fresh;
-    context& ctx = reused_busy ? fresh.emplace() : reused;
-    const bool owns_reused = !reused_busy;
-    reused_busy = true;
-    struct release {
-        bool owns;
-        ~release() {
-            if (owns) reused_busy = false;
-        }
-    } release_reused{owns_reused};
+    per_thread<context, struct delivery_context> scratch;
+    context& ctx = scratch.get();
     ctx.headers.assign(ev.headers);
     ctx.deadline.reset();
     ctx.set_parent_span_id({});

@@ -308,7 +308,7 @@ private:
     std::shared_ptr<endpoint_state>& state_locked(const std::string& endpoint); // under routes_mu_
     // The current context's headers that travel on (hop-by-hop ones left behind),
     // overridden by `extra`.
-    headers outgoing_headers(const headers& extra) const;
+    void outgoing_headers(const headers& extra, headers& out) const;
     clock::time_point deadline_for(const call_options& opts) const;
     std::shared_ptr<channel> my_channel();
     void post_task(task t);

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -91,6 +92,37 @@ public:
 
 private:
     std::atomic<bool> v_{false};
+};
+
+// An object kept per thread and reused call after call, so that the strings it holds
+// keep their storage (a context's headers, the headers of a call being made); a use
+// nested inside another on the same thread gets a fresh object. `Tag` tells the uses
+// apart.
+template <class T, class Tag>
+class per_thread {
+public:
+    per_thread() {
+        if (!busy_) {
+            busy_ = true;
+            owns_ = true;
+            p_ = &slot_;
+        } else {
+            p_ = &fresh_.emplace();
+        }
+    }
+    ~per_thread() {
+        if (owns_) busy_ = false;
+    }
+    per_thread(const per_thread&) = delete;
+    per_thread& operator=(const per_thread&) = delete;
+    T& get() noexcept { return *p_; }
+
+private:
+    static inline thread_local T slot_{};
+    static inline thread_local bool busy_ = false;
+    std::optional<T> fresh_;
+    T* p_ = nullptr;
+    bool owns_ = false;
 };
 
 // A move-only nullary task (std::function needs copyable callables; C++20 has no
