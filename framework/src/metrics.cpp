@@ -101,6 +101,8 @@ std::string node_impl::metrics_text() const {
     out += "plexus_malformed_total{node=\"" + label(opts.name) + "\"} " + std::to_string(s.malformed) + "\n";
     family(out, "plexus_unsupported_version_total", "counter", "Messages of another protocol version received");
     out += "plexus_unsupported_version_total{node=\"" + label(opts.name) + "\"} " + std::to_string(s.unsupported_version) + "\n";
+    family(out, "plexus_peer_connections", "gauge", "Connections held to peers' RPC endpoints");
+    out += "plexus_peer_connections{node=\"" + label(opts.name) + "\"} " + std::to_string(s.peer_connections) + "\n";
     family(out, "plexus_uptime_seconds", "gauge", "Time since the node started");
     out += "plexus_uptime_seconds{node=\"" + label(opts.name) + "\"} " +
            num(std::chrono::duration<double>(clock::now() - started_at_).count()) + "\n";
