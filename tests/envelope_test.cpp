@@ -643,6 +643,112 @@ TEST_CASE("envelope_view: clear keeps capacity, header lookup, to_owned", "[enve
     CHECK(v.to_owned() == valid_vectors()["reply_error"]);
 }
 
+// ---------------------------------------------------------------- headers
+
+namespace {
+using header_items = std::vector<std::pair<std::string, std::string>>;
+header_items items_of(const headers& h) { return {h.begin(), h.end()}; }
+} // namespace
+
+TEST_CASE("headers::assign replaces the contents, in order, whatever was held before", "[envelope][headers]") {
+    using views = std::vector<std::pair<std::string_view, std::string_view>>;
+    // Longer values than any held, so that reused strings must grow.
+    const std::string long_value(100, 'v');
+    const views three{{"x", long_value}, {"a", "8"}, {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}};
+    const header_items three_items{{"x", long_value}, {"a", "8"},
+                                   {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}};
+    headers h;
+    SECTION("over more items") {
+        h = {{"a", "1"}, {"b", "2"}, {"c", "3"}, {"d", "4"}, {"e", "5"}};
+        h.assign(three);
+        CHECK(items_of(h) == three_items);
+        CHECK_FALSE(h.contains("b"));
+        CHECK_FALSE(h.contains("d"));
+        CHECK_FALSE(h.contains("e"));
+    }
+    SECTION("over fewer items") {
+        h = {{"a", "a-long-value-to-be-shortened"}};
+        h.assign(three);
+        CHECK(items_of(h) == three_items);
+    }
+    SECTION("over as many items, other keys in another order") {
+        h = {{"traceparent", "t"}, {"q", "1"}, {"x", "2"}};
+        h.assign(three);
+        CHECK(items_of(h) == three_items);
+        CHECK(h.get("x") == std::optional<std::string_view>(long_value));
+        CHECK(h.get("a") == std::optional<std::string_view>("8"));
+        CHECK_FALSE(h.contains("q"));
+    }
+    SECTION("over nothing") {
+        h.assign(three);
+        CHECK(items_of(h) == three_items);
+    }
+    SECTION("of nothing") {
+        h = {{"a", "1"}, {"b", "2"}};
+        h.assign(views{});
+        CHECK(h.empty());
+        CHECK(h.size() == 0);
+        CHECK(h.begin() == h.end());
+        CHECK_FALSE(h.contains("a"));
+    }
+    SECTION("repeatedly, shrinking and growing") {
+        h.assign(three);
+        h.assign(views{{"only", "one"}});
+        CHECK(items_of(h) == header_items{{"only", "one"}});
+        h.assign(three);
+        CHECK(items_of(h) == three_items);
+        h.assign(views{{"a", ""}, {"", "empty key"}});
+        CHECK(items_of(h) == header_items{{"a", ""}, {"", "empty key"}});
+    }
+    SECTION("from pairs of strings and from another headers object") {
+        h = {{"z", "0"}};
+        h.assign(three_items);
+        CHECK(items_of(h) == three_items);
+        headers other{{"k", "v"}, {"a", "1"}};
+        h.assign(other);
+        CHECK(h == other);
+        CHECK(items_of(h) == header_items{{"k", "v"}, {"a", "1"}});
+    }
+    SECTION("from a decoded envelope_view, as the node does") {
+        envelope e;
+        e.kind = kind::request;
+        e.id = 1;
+        e.service = "s";
+        e.method = "m";
+        e.headers = {{"user-id", "alice"}, {"groups", "ops"}};
+        const std::string bytes = encode(e);
+        envelope_view v;
+        REQUIRE(decode(bytes, v).ok());
+        h = {{"a", "1"}, {"b", "2"}, {"c", "3"}};
+        h.assign(v.headers);
+        CHECK(h == e.headers);
+    }
+}
+
+TEST_CASE("headers::find gives the value to change in place, nullptr when absent", "[envelope][headers]") {
+    headers h{{"user-id", "alice"}, {"call-chain", "a.b"}};
+    std::string* chain = h.find("call-chain");
+    REQUIRE(chain != nullptr);
+    CHECK(*chain == "a.b");
+    *chain += ",c.d";
+    CHECK(h.get("call-chain") == std::optional<std::string_view>("a.b,c.d"));
+    std::string* user = h.find("user-id");
+    REQUIRE(user != nullptr);
+    *user = "bob";
+    CHECK(items_of(h) == header_items{{"user-id", "bob"}, {"call-chain", "a.b,c.d"}});
+    CHECK(h.find("absent") == nullptr);
+    CHECK(h.find("User-Id") == nullptr); // exact comparison
+    CHECK(h.find("") == nullptr);
+    headers empty;
+    CHECK(empty.find("user-id") == nullptr);
+    h.erase("user-id");
+    CHECK(h.find("user-id") == nullptr);
+    h.assign(std::vector<std::pair<std::string_view, std::string_view>>{{"x", "1"}});
+    CHECK(h.find("call-chain") == nullptr);
+    REQUIRE(h.find("x") != nullptr);
+    CHECK(*h.find("x") == "1");
+}
+
 // ---------------------------------------------------------------- tolerant reader
 
 TEST_CASE("the reader skips unknown keys of any type and accepts any key order", "[envelope]") {

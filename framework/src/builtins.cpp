@@ -1,4 +1,5 @@
 #include "detail/builtins.hpp"
+#include "detail/trace.hpp"
 
 #include <algorithm>
 #include <random>
@@ -58,24 +59,47 @@ void metrics_interceptor::add_server_method(std::string service, std::string met
 }
 
 method_metrics* metrics_interceptor::server(std::string_view service, std::string_view method) const noexcept {
+    // A thread usually handles the same method again: try the last one found first.
+    thread_local std::pair<std::uint64_t, method_metrics*> last{0, nullptr};
+    if (last.first == id_ && last.second->method == method && last.second->service == service) return last.second;
     for (auto& m : server_)
-        if (m->method == method && m->service == service) return m.get();
+        if (m->method == method && m->service == service) {
+            last = {id_, m.get()};
+            return m.get();
+        }
     return nullptr;
 }
 
 method_metrics& metrics_interceptor::client(std::string_view service, std::string_view method) {
+    // Calls from one thread usually go to the same method again: remember the last one
+    // (counters are never removed, so the pointer stays valid).
+    struct last_seen {
+        std::uint64_t owner;
+        std::string service, method;
+        method_metrics* m;
+    };
+    thread_local last_seen last{0, {}, {}, nullptr};
+    if (last.owner == id_ && last.service == service && last.method == method) return *last.m;
     std::string key(service);
     key += '.';
     key += method;
-    std::lock_guard lk(client_mu_);
-    auto it = client_.find(key);
-    if (it == client_.end()) {
-        auto m = std::make_unique<method_metrics>();
-        m->service = service;
-        m->method = method;
-        it = client_.emplace(std::move(key), std::move(m)).first;
+    method_metrics* found;
+    {
+        std::lock_guard lk(client_mu_);
+        auto it = client_.find(key);
+        if (it == client_.end()) {
+            auto m = std::make_unique<method_metrics>();
+            m->service = service;
+            m->method = method;
+            it = client_.emplace(std::move(key), std::move(m)).first;
+        }
+        found = it->second.get();
     }
-    return *it->second;
+    last.owner = id_;
+    last.service.assign(service);
+    last.method.assign(method);
+    last.m = found;
+    return *found;
 }
 
 namespace {
@@ -199,39 +223,29 @@ void random_hex16(char* out) noexcept {
     for (int i = 0; i < 16; ++i, bits >>= 4) out[i] = hexd[bits & 15];
 }
 
-// "vv-<32 hex>-<16 hex>-ff", lower-case hex, ids not all zero; no allocation.
-bool valid_traceparent(std::string_view tp) noexcept {
-    if (tp.size() < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-') return false;
-    bool trace_nonzero = false, span_nonzero = false;
-    for (std::size_t i = 0; i < 55; ++i) {
-        if (i == 2 || i == 35 || i == 52) continue;
-        const char c = tp[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-        if (c != '0') {
-            if (i > 2 && i < 35) trace_nonzero = true;
-            if (i > 35 && i < 52) span_nonzero = true;
-        }
-    }
-    return trace_nonzero && span_nonzero;
-}
-
 // Opens this hop's span in `h`: a valid incoming traceparent keeps its trace id and
 // flags and gets a new span id, in place (the caller's span id goes to `ctx` as the
-// parent); without one, a new trace when `start`, else nothing.
-void open_span(headers& h, context* ctx, bool start) {
+// parent); without one, a new trace when `start`, else nothing. Whether the hop is in
+// a trace now.
+bool open_span(headers& h, context* ctx, bool start) {
     std::string* tp = h.find(header_key::traceparent);
     if (tp && valid_traceparent(*tp)) {
         if (ctx) ctx->set_parent_span_id(std::string_view(*tp).substr(36, 16));
         if (tp->size() != 55 || (*tp)[0] != '0' || (*tp)[1] != '0') {
-            // another version: continue its trace as version 00, dropping what 00 lacks
-            *tp = "00-" + tp->substr(3, 50);
+            // a later version: continue its trace as version 00 (ids and flags), dropping
+            // the fields 00 lacks
+            *tp = "00-" + tp->substr(3, 52);
         }
         random_hex16(tp->data() + 36);
-        return;
+        return true;
     }
     if (ctx) ctx->set_parent_span_id({});
-    if (start) h.set(header_key::traceparent, new_traceparent());
-    else if (tp) h.erase(header_key::traceparent); // invalid: not carried on
+    if (start) {
+        h.set(header_key::traceparent, new_traceparent());
+        return true;
+    }
+    if (tp) h.erase(header_key::traceparent); // invalid: not carried on
+    return false;
 }
 } // namespace
 
@@ -244,11 +258,13 @@ std::string new_traceparent() {
 }
 
 status tracing_interceptor::before_handle(call_info& c) {
-    open_span(c.headers, c.context, mode_ == trace_mode::start);
+    const bool traced = open_span(c.headers, c.context, mode_ == trace_mode::start);
     // call-chain: the hops so far, this one last, at most max_chain_; grown in place.
+    // A request in a trace starts one; outside any trace (propagate) only one that
+    // arrived grows.
     std::string* chain = c.headers.find(header_key::call_chain);
     if (!chain) {
-        if (mode_ != trace_mode::start) return {};
+        if (!traced) return {};
         c.headers.append(header_key::call_chain, {});
         chain = c.headers.find(header_key::call_chain);
     } else if (!chain->empty()) {

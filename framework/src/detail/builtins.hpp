@@ -62,6 +62,9 @@ public:
     [[nodiscard]] std::vector<const method_metrics*> client_methods() const;
 
 private:
+    // Tells instances apart in the per-thread caches (an address may be reused).
+    static inline std::atomic<std::uint64_t> next_id_{1};
+    const std::uint64_t id_ = next_id_.fetch_add(1);
     std::vector<std::unique_ptr<method_metrics>> server_;
     mutable std::mutex client_mu_;
     std::map<std::string, std::unique_ptr<method_metrics>, std::less<>> client_;
