@@ -320,14 +320,18 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     } else {
         call->target = state_of(o.endpoint);
     }
-    outgoing_headers(o.headers, call->sent);
+    // The headers sent are kept with the call for the after_call hooks of the
+    // application's interceptors; the built-in ones need them only until it is encoded.
+    per_thread<headers, struct async_call_headers> scratch;
+    headers& sent = keep_sent_headers_ ? call->sent : scratch.get();
+    outgoing_headers(o.headers, sent);
     {
-        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
+        call_info info{call->service, call->method, sent, call->deadline, call->endpoint(), nullptr};
         if (auto pre = run_before(chain_, call->ran, [&](interceptor& i) { return i.before_call(info); }); !pre.ok())
             return finish_now(pre.code, pre.message);
     }
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    zmq::message_t env = encode_request(call->id, service, method, body, call->sent, call->deadline);
+    zmq::message_t env = encode_request(call->id, service, method, body, sent, call->deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
                                                         " bytes exceeds the maximum message size of " +

@@ -40,7 +40,10 @@ node_impl::node_impl(node_options o)
         chain_.push_back(std::make_shared<tracing_interceptor>(opts.tracing, opts.propagation.max_call_chain));
     chain_.push_back(std::make_shared<logging_interceptor>(log));
     for (auto& i : opts.interceptors)
-        if (i) chain_.push_back(i);
+        if (i) {
+            chain_.push_back(i);
+            keep_sent_headers_ = true;
+        }
 }
 
 node_impl::~node_impl() {

@@ -416,6 +416,7 @@ private:
     std::shared_ptr<metrics_interceptor> metrics_;
     std::shared_ptr<policy_interceptor> policy_;
     std::vector<std::shared_ptr<interceptor>> chain_;
+    bool keep_sent_headers_ = false; // the application has interceptors (see call_async)
 
     // counters
     std::atomic<std::uint64_t> malformed_{0}, unsupported_version_{0}, calls_sent_{0}, call_errors_{0};
