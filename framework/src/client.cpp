@@ -323,7 +323,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     // The headers sent are kept with the call for the after_call hooks of the
     // application's interceptors; the built-in ones need them only until it is encoded.
     per_thread<headers, struct async_call_headers> scratch;
-    headers& sent = keep_sent_headers_ ? call->sent : scratch.get();
+    headers& sent = app_interceptors_ ? call->sent : scratch.get();
     outgoing_headers(o.headers, sent);
     {
         call_info info{call->service, call->method, sent, call->deadline, call->endpoint(), nullptr};

@@ -42,7 +42,7 @@ node_impl::node_impl(node_options o)
     for (auto& i : opts.interceptors)
         if (i) {
             chain_.push_back(i);
-            keep_sent_headers_ = true;
+            app_interceptors_ = true;
         }
 }
 
@@ -368,7 +368,7 @@ void node_impl::io_main(std::promise<void> ready) {
         if (auto d = next_deadline()) consider(*d);
         for (auto& p : peers_)
             if (p.pending_id == 0) consider(p.next_describe);
-        if (!pub_backlog_.empty()) consider(now + std::chrono::milliseconds(1));
+        if (pub_head_ < pub_backlog_.size()) consider(now + std::chrono::milliseconds(1));
         if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
 
         wake_.arm(); // from here producers write the eventfd (see wakeup)
@@ -421,7 +421,8 @@ void node_impl::drain_and_close() {
     deadlines_.clear();
     {
         std::lock_guard lk(pub_mu_);
-        for (auto& item : pub_backlog_) counters_of(item.topic).dropped++;
+        for (std::size_t i = pub_head_; i < pub_backlog_.size(); ++i) counters_of(pub_backlog_[i].topic).dropped++;
+        pub_head_ = 0;
         pub_queued_ = 0;
         pub_backlog_.clear();
         pubq_.clear();
@@ -824,7 +825,16 @@ node_stats node_impl::stats() const {
     }
     {
         std::lock_guard lk(pub_mu_);
-        for (auto& [name, t] : topics_) s.topics.push_back({name, t.published, t.dropped, t.received, t.gaps});
+        for (auto& [name, t] : topics_) s.topics.push_back({name, t.published, t.dropped, 0, 0});
+    }
+    {
+        std::lock_guard lk(received_mu_);
+        for (auto& [name, r] : received_) {
+            auto it = std::find_if(s.topics.begin(), s.topics.end(), [&](const topic_stats& t) { return t.topic == name; });
+            if (it == s.topics.end()) it = s.topics.insert(s.topics.end(), topic_stats{name, 0, 0, 0, 0});
+            it->received = r->received.load(std::memory_order_relaxed);
+            it->gaps = r->gaps.load(std::memory_order_relaxed);
+        }
     }
     std::sort(s.topics.begin(), s.topics.end(), [](auto& a, auto& b) { return a.topic < b.topic; });
     s.malformed = malformed_;

@@ -4,6 +4,12 @@
 
 namespace plexus::detail {
 
+received_counters& node_impl::received_of(std::string_view topic) {
+    if (auto it = received_.find(topic); it != received_.end()) return *it->second;
+    std::lock_guard lk(received_mu_); // only for stats(), which iterates the map
+    return *received_.emplace(std::string(topic), std::make_unique<received_counters>()).first->second;
+}
+
 topic_counters& node_impl::counters_of(std::string_view topic) {
     auto it = topics_.find(topic);
     if (it == topics_.end()) it = topics_.emplace(std::string(topic), topic_counters{}).first;
@@ -79,19 +85,25 @@ std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, c
 }
 
 void node_impl::flush_publications() {
-    if (!pub_ || (!pubq_work_.get() && pub_backlog_.empty())) return;
+    if (!pub_ || (!pubq_work_.get() && pub_head_ == pub_backlog_.size())) return;
     {
         std::lock_guard lk(pub_mu_);
-        if (pubq_.empty() && pub_backlog_.empty()) return;
-        for (auto& item : pubq_) pub_backlog_.push_back(std::move(item));
-        pubq_.clear();
+        if (pub_head_ == pub_backlog_.size()) {
+            // All sent: take the queue whole (a swap; both vectors keep their capacity).
+            pub_backlog_.clear();
+            pub_head_ = 0;
+            pub_backlog_.swap(pubq_);
+        } else {
+            for (auto& item : pubq_) pub_backlog_.push_back(std::move(item));
+            pubq_.clear();
+        }
         pubq_work_.clear();
     }
     std::size_t done = 0;
     std::vector<std::string> dropped;
     try {
-        while (!pub_backlog_.empty()) {
-            auto& item = pub_backlog_.front();
+        for (; pub_head_ < pub_backlog_.size(); ++pub_head_, ++done) {
+            auto& item = pub_backlog_[pub_head_];
             // ZMQ_XPUB_NODROP: EAGAIN when a subscriber's queue is full.
             if (!pub_->send(zmq::buffer(item.topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
                 if (opts.publish_overflow == overflow::block && !io_stopping_) break; // retried on the next turn
@@ -100,11 +112,13 @@ void node_impl::flush_publications() {
                 // The rest of a multipart message is accepted once its first part is.
                 (void)pub_->send(item.envelope, zmq::send_flags::none);
             }
-            pub_backlog_.pop_front();
-            ++done;
         }
     } catch (const zmq::error_t& e) {
         if (e.num() != ETERM) log.write(log_level::error, "publish failed", kv("error", e.what()));
+    }
+    if (pub_head_ == pub_backlog_.size()) {
+        pub_backlog_.clear();
+        pub_head_ = 0;
     }
     if (done == 0) return;
     std::lock_guard lk(pub_mu_);
@@ -159,25 +173,26 @@ void node_impl::handle_sub() {
             continue;
         }
         std::uint64_t gap = 0;
+        received_counters* counters;
         if (v.seq != 0) {
-            // source + '\0' + topic, built in a reused string: no allocation once seen
+            // One lookup per event: source + '\0' + topic, built in a reused string, finds
+            // the last sequence number and the topic's counters.
             seq_key_.assign(v.source);
             seq_key_ += '\0';
             seq_key_ += topic;
             auto it = last_seq_.find(std::string_view(seq_key_));
             if (it == last_seq_.end()) {
-                last_seq_.emplace(seq_key_, v.seq);
+                it = last_seq_.emplace(seq_key_, seq_state{v.seq, &received_of(topic)}).first;
             } else {
-                if (v.seq > it->second + 1) gap = v.seq - it->second - 1;
-                it->second = v.seq;
+                if (v.seq > it->second.last + 1) gap = v.seq - it->second.last - 1;
+                it->second.last = v.seq;
             }
+            counters = it->second.counters;
+        } else {
+            counters = &received_of(topic);
         }
-        {
-            std::lock_guard lk(pub_mu_);
-            auto& tc = counters_of(topic);
-            ++tc.received;
-            tc.gaps += gap;
-        }
+        counters->received.fetch_add(1, std::memory_order_relaxed);
+        if (gap) counters->gaps.fetch_add(gap, std::memory_order_relaxed);
         if (gap) log.write(log_level::debug, "events lost", kv("topic", topic) + kv("missing", gap));
 
         refresh_subscribers();
@@ -225,7 +240,8 @@ void node_impl::deliver(const event& ev, const event_handler& fn) {
     context_scope scope(ctx);
     event_info info{ev.topic, ctx.headers, &ctx};
     std::size_t ran = 0;
-    const auto t0 = clock::now();
+    // Only the application's interceptors want the duration (no built-in times events).
+    const auto t0 = app_interceptors_ ? clock::now() : clock::time_point{};
     status st;
     try {
         st = run_before(chain_, ran, [&](interceptor& i) { return i.before_deliver(info); });
@@ -241,7 +257,7 @@ void node_impl::deliver(const event& ev, const event_handler& fn) {
         st = {code::internal, "non-standard exception"};
         log.write(log_level::warn, "event handler threw", kv("topic", ev.topic));
     }
-    const auto elapsed = clock::now() - t0;
+    const auto elapsed = app_interceptors_ ? clock::now() - t0 : clock::duration{};
     run_after(chain_, ran, [&](interceptor& i) {
         try {
             i.after_deliver(info, st, elapsed);

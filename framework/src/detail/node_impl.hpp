@@ -175,9 +175,16 @@ struct string_hash {
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
-struct topic_counters {
+struct topic_counters { // publishing side, under node_impl::pub_mu_
     std::uint64_t seq = 0;
-    std::uint64_t published = 0, dropped = 0, received = 0, gaps = 0;
+    std::uint64_t published = 0, dropped = 0;
+};
+struct received_counters { // receiving side: written by the I/O thread, read by stats()
+    std::atomic<std::uint64_t> received{0}, gaps{0};
+};
+struct seq_state {
+    std::uint64_t last = 0;
+    received_counters* counters = nullptr;
 };
 
 // Runs tasks one at a time, in order, on the worker pool: a subscription's events
@@ -349,8 +356,14 @@ private:
     std::uint64_t subs_io_version_ = 0;
     event io_event_;                               // the event being delivered (scratch)
     std::string seq_key_;                          // scratch
-    std::unordered_map<std::string, std::uint64_t, string_hash, std::equal_to<>> last_seq_; // source + '\0' + topic
-    std::deque<pub_item> pub_backlog_;
+    std::unordered_map<std::string, seq_state, string_hash, std::equal_to<>> last_seq_; // source + '\0' + topic
+    // Per topic received: the I/O thread looks up without a lock (it alone inserts, under
+    // received_mu_, which stats() takes to read).
+    std::unordered_map<std::string, std::unique_ptr<received_counters>, string_hash, std::equal_to<>> received_;
+    mutable std::mutex received_mu_;
+    received_counters& received_of(std::string_view topic);
+    std::vector<pub_item> pub_backlog_; // taken from pubq_; sent from pub_head_ on
+    std::size_t pub_head_ = 0;
     std::vector<outgoing_reply> reply_batch_; // scratch
     std::vector<command> command_batch_;      // scratch
     std::vector<zmq::message_t> frames_;  // scratch
@@ -367,7 +380,7 @@ private:
     // publishing
     mutable std::mutex pub_mu_;
     std::condition_variable pub_space_;
-    std::deque<pub_item> pubq_;
+    std::vector<pub_item> pubq_;
     work_flag pubq_work_; // pubq_ not empty
     std::size_t pub_queued_ = 0; // pubq_ + pub_backlog_, under pub_mu_
     std::unordered_map<std::string, topic_counters, string_hash, std::equal_to<>> topics_;
@@ -416,7 +429,7 @@ private:
     std::shared_ptr<metrics_interceptor> metrics_;
     std::shared_ptr<policy_interceptor> policy_;
     std::vector<std::shared_ptr<interceptor>> chain_;
-    bool keep_sent_headers_ = false; // the application has interceptors (see call_async)
+    bool app_interceptors_ = false; // node_options::interceptors is not empty
 
     // counters
     std::atomic<std::uint64_t> malformed_{0}, unsupported_version_{0}, calls_sent_{0}, call_errors_{0};
