@@ -305,6 +305,48 @@ double plexus_callbacks(plexus::node& cli, std::string_view method, const std::s
     return static_cast<double>(st->done) / secs;
 }
 
+// Completion-driven: `window` calls whose callbacks, on the I/O thread, make the next
+// call, until the time is up; the application thread only waits for the end.
+struct chain_state {
+    plexus::node* cli;
+    std::string_view method;
+    const std::string* body;
+    const plexus::call_options* co;
+    clk::time_point end;
+    std::atomic<long> done{0}, errors{0}, live{0};
+    std::binary_semaphore finished{0};
+};
+
+void chain_next(const std::shared_ptr<chain_state>& st) {
+    st->cli->call_async(service, st->method, *st->body, *st->co, [st](plexus::reply rep) {
+        if (!rep.ok()) st->errors++;
+        st->done++;
+        if (clk::now() < st->end)
+            chain_next(st);
+        else if (st->live.fetch_sub(1) == 1)
+            st->finished.release();
+    });
+}
+
+double plexus_chained(plexus::node& cli, std::string_view method, const std::string& body,
+                      const plexus::call_options& co, int window, double seconds, long& errors, long& done) {
+    auto st = std::make_shared<chain_state>();
+    st->cli = &cli;
+    st->method = method;
+    st->body = &body;
+    st->co = &co;
+    const auto t0 = clk::now();
+    st->end = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(seconds));
+    st->live = window;
+    for (int i = 0; i < window; ++i) chain_next(st);
+    if (!st->finished.try_acquire_for(std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(seconds)) + 10s))
+        throw std::runtime_error("chained calls stopped coming");
+    const double secs = std::chrono::duration<double>(clk::now() - t0).count();
+    errors += st->errors;
+    done = st->done;
+    return static_cast<double>(st->done) / secs;
+}
+
 // CPU spent per call by the client (this process) and the server process.
 struct cpu_per_call {
     double client = 0, server = 0;
@@ -371,7 +413,7 @@ void fig2_pipelined(const sizes& s, report& r) {
         (void)raw_pipelined(d_plexus, req_env, s.pipelined_window, warm_s, ignored);
         plexus::call_options co_io = co; // callbacks on the I/O thread
         co_io.callback_exec = plexus::execution::inline_loop;
-        std::vector<double> raw_r, fut_r, pool_r, cb_r, cbio_r, mixed_r;
+        std::vector<double> raw_r, fut_r, pool_r, cb_r, cbio_r, chain_r, mixed_r;
         cpu_per_call raw_cpu, fut_cpu;
         const pid_t raw_pid = rsrv.pid(), plexus_pid = srv.pid();
         const int w = s.pipelined_window;
@@ -383,6 +425,7 @@ void fig2_pipelined(const sizes& s, report& r) {
             }));
             mixed_r.push_back(raw_pipelined(d_plexus, req_env, w, secs, ignored));
             cbio_r.push_back(plexus_callbacks(cli, method_inline, body, co_io, w, secs, errors, ignored));
+            chain_r.push_back(plexus_chained(cli, method_inline, body, co_io, w, secs, errors, ignored));
             if (extras) {
                 pool_r.push_back(plexus_futures(cli, method_pool, body, co, w, secs, errors, ignored));
                 cb_r.push_back(plexus_callbacks(cli, method_inline, body, co, w, secs, errors, ignored));
@@ -404,6 +447,9 @@ void fig2_pipelined(const sizes& s, report& r) {
                           c.headers ? ">= 80% of raw" : ">= 80% of raw and >= 1 M/s",
                           c.headers ? verdict_at_least(cbio / raw, 0.8)
                                     : "80%: " + verdict_at_least(cbio / raw, 0.8) + "; 1 M/s: " + verdict_at_least(cbio, 1e6)});
+        const double chain = best_of(chain_r);
+        r.rows.push_back({"2", label + ": callbacks on the I/O thread making the next call -> inline", rate(chain), rate(raw),
+                          percent(chain / raw), "(info)", ""});
         const double mixed = best_of(mixed_r);
         r.rows.push_back({"2", "  the server's share: raw DEALER client -> Plexus server, inline handler", rate(mixed),
                           rate(raw), percent(mixed / raw), "(info)", ""});

@@ -311,7 +311,8 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     call->deadline = deadline_for(o);
     if (call->started >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
     if (o.endpoint.empty()) {
-        // Resolution must not block the caller (it may be the I/O thread): known now, or unavailable.
+        // On the I/O thread resolution must not wait: known now, or unavailable. Other
+        // callers wait as a sync call would, while the node is still learning its peers.
         status why;
         const auto policy = o.balance.value_or(opts.balance);
         call->target = tl_io_owner == this ? resolve(service, clock::now(), why, policy)
