@@ -421,11 +421,12 @@ std::optional<clock::time_point> node_impl::next_deadline() {
     return deadlines_.front().first;
 }
 
-void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s) {
-    for (int batch = 0; batch < 256; ++batch) {
+std::size_t node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s) {
+    std::size_t n = 0;
+    for (; n < 256; ++n) {
         zmq::message_t first, second;
         const auto got = recv_two(s, first, second);
-        if (got == two_frames::none) return;
+        if (got == two_frames::none) return n;
         if (got != two_frames::ok || first.size() != 0) {
             ++malformed_;
             continue;
@@ -443,6 +444,7 @@ void node_impl::handle_async_sock(const std::string& endpoint, zmq::socket_t& s)
         auto call = take_pending(it);
         complete(call, reply{{v.status, std::string(v.error)}, std::string(v.body)});
     }
+    return n;
 }
 
 // ---------------------------------------------------------------- peers

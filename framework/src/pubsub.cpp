@@ -154,11 +154,12 @@ void node_impl::unsubscribe(std::uint64_t id) {
     if (running_) commands_.push(subscribe_cmd{id, std::move(prefix), false});
 }
 
-void node_impl::handle_sub() {
-    for (int batch = 0; batch < 256; ++batch) {
+std::size_t node_impl::handle_sub() {
+    std::size_t n = 0;
+    for (; n < 256; ++n) {
         zmq::message_t topic_frame, env_frame;
         const auto got = recv_two(*sub_, topic_frame, env_frame);
-        if (got == two_frames::none) return;
+        if (got == two_frames::none) return n;
         const bool ok_shape = got == two_frames::ok;
         const std::string_view topic(static_cast<const char*>(topic_frame.data()), topic_frame.size());
         envelope_view& v = view_;
@@ -220,6 +221,7 @@ void node_impl::handle_sub() {
             }
         }
     }
+    return n;
 }
 
 void node_impl::refresh_subscribers() {

@@ -269,12 +269,13 @@ private:
     // io thread
     void io_main(std::promise<void> ready);
     void io_bind(); // on io thread, before ready
-    void handle_router();
-    void handle_sub();
+    // Each handler returns how many messages it took (0: nothing was waiting).
+    std::size_t handle_router();
+    std::size_t handle_sub();
     void refresh_subscribers(); // I/O thread: subscribers_io_ up to date
     void deliver(const event& ev, const event_handler& fn); // runs one subscriber's handler
-    void handle_async_sock(const std::string& endpoint, zmq::socket_t& s);
-    void handle_commands();
+    std::size_t handle_async_sock(const std::string& endpoint, zmq::socket_t& s);
+    std::size_t handle_commands();
     void flush_publications();
     void expire_calls(clock::time_point now);
     std::optional<clock::time_point> next_deadline(); // of the calls in flight
@@ -294,7 +295,7 @@ private:
     void close_dead_endpoints(); // end of an I/O turn: sockets of endpoints gone down
     std::vector<std::string> dead_endpoints_;
     void watch(const std::string& endpoint);
-    void handle_monitor(const std::string& endpoint, zmq::socket_t& pair);
+    std::size_t handle_monitor(const std::string& endpoint, zmq::socket_t& pair);
     // discovery
     void start_discovery();
     void on_discovery_event(const discovery::event& e); // discovery thread
