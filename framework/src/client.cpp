@@ -151,7 +151,7 @@ std::shared_ptr<channel> node_impl::my_channel() {
     return c;
 }
 
-reply node_impl::call_sync(std::string_view service, std::string_view method, std::string body, const call_options& o) {
+reply node_impl::call_sync(std::string_view service, std::string_view method, std::string_view body, const call_options& o) {
     per_thread<headers, struct sync_call_headers> scratch;
     headers& sent = scratch.get();
     outgoing_headers(o.headers, sent);
@@ -278,7 +278,7 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     }
 }
 
-void node_impl::call_async(std::string_view service, std::string_view method, std::string body, const call_options& o,
+void node_impl::call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& o,
                            std::optional<std::promise<reply>> promise, std::function<void(reply)> cb) {
     auto call = std::make_shared<pending_call>();
     call->promise = std::move(promise);

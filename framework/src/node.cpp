@@ -922,22 +922,22 @@ std::vector<std::string> node::pub_endpoints() const { return impl_->pub_endpoin
 void node::connect(std::string endpoint) { impl_->connect_peer(std::move(endpoint)); }
 void node::connect_events(std::string endpoint) { impl_->connect_events(std::move(endpoint)); }
 
-reply node::call_raw(std::string_view service, std::string_view method, std::string body, const call_options& opts) {
-    return impl_->call_sync(service, method, std::move(body), opts);
+reply node::call_raw(std::string_view service, std::string_view method, std::string_view body, const call_options& opts) {
+    return impl_->call_sync(service, method, body, opts);
 }
-std::future<reply> node::call_async(std::string_view service, std::string_view method, std::string body,
+std::future<reply> node::call_async(std::string_view service, std::string_view method, std::string_view body,
                                     const call_options& opts) {
     std::promise<reply> p;
     auto f = p.get_future();
-    impl_->call_async(service, method, std::move(body), opts, std::move(p), {});
+    impl_->call_async(service, method, body, opts, std::move(p), {});
     return f;
 }
-void node::call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+void node::call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& opts,
                       std::function<void(reply)> on_done) {
-    impl_->call_async(service, method, std::move(body), opts, std::nullopt, std::move(on_done));
+    impl_->call_async(service, method, body, opts, std::nullopt, std::move(on_done));
 }
-bool node::publish_raw(std::string_view topic, std::string body, const headers& extra) {
-    return impl_->publish(topic, std::move(body), extra);
+bool node::publish_raw(std::string_view topic, std::string_view body, const headers& extra) {
+    return impl_->publish(topic, body, extra);
 }
 subscription node::subscribe(std::string prefix, event_handler fn, execution exec) {
     auto id = impl_->subscribe(std::move(prefix), std::move(fn), exec);

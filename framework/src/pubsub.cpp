@@ -16,7 +16,7 @@ topic_counters& node_impl::counters_of(std::string_view topic) {
     return it->second;
 }
 
-std::uint64_t node_impl::publish_seq(std::string_view topic, std::string body, const headers& extra) {
+std::uint64_t node_impl::publish_seq(std::string_view topic, std::string_view body, const headers& extra) {
     if (!running_ || !pub_) return 0;
     thread_local envelope_view e;
     e.clear();

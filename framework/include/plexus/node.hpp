@@ -363,7 +363,7 @@ public:
 
     // --- request-response ---
     // Non-throwing: every failure is in reply::status (deadline_exceeded, unavailable, ...).
-    [[nodiscard]] reply call_raw(std::string_view service, std::string_view method, std::string body,
+    [[nodiscard]] reply call_raw(std::string_view service, std::string_view method, std::string_view body,
                                  const call_options& opts = {});
     // Typed and throwing.
     template <class Rep, class Req>
@@ -381,17 +381,17 @@ public:
     // (discovery's first beacon interval, `connect` peers not yet described) it waits
     // for one, up to the deadline, as a synchronous call would; from the I/O thread it
     // never waits (UNAVAILABLE).
-    [[nodiscard]] std::future<reply> call_async(std::string_view service, std::string_view method, std::string body,
+    [[nodiscard]] std::future<reply> call_async(std::string_view service, std::string_view method, std::string_view body,
                                                 const call_options& opts = {});
     // The callback runs with the caller's context current, on a worker thread or, with
     // call_options::callback_exec = inline_loop, on the I/O thread.
-    void call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+    void call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& opts,
                     std::function<void(reply)> on_done);
 
     // --- publish-subscribe ---
     // Returns false when the event was dropped (overflow::drop and no room, or the
     // node is stopped). Headers of the current context travel with the event.
-    bool publish_raw(std::string_view topic, std::string body, const plexus::headers& extra = {});
+    bool publish_raw(std::string_view topic, std::string_view body, const plexus::headers& extra = {});
     template <class T>
     bool publish(std::string_view topic, const T& value, const plexus::headers& extra = {}) {
         return publish_raw(topic, plexus::pack(value), extra);

@@ -232,16 +232,16 @@ public:
     service_builder builder(std::string service);
 
     // --- client ---
-    reply call_sync(std::string_view service, std::string_view method, std::string body, const call_options& opts);
-    void call_async(std::string_view service, std::string_view method, std::string body, const call_options& opts,
+    reply call_sync(std::string_view service, std::string_view method, std::string_view body, const call_options& opts);
+    void call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& opts,
                     std::optional<std::promise<reply>> promise, std::function<void(reply)> cb);
 
     // --- pub/sub ---
-    bool publish(std::string_view topic, std::string body, const headers& extra) {
-        return publish_seq(topic, std::move(body), extra) != 0;
+    bool publish(std::string_view topic, std::string_view body, const headers& extra) {
+        return publish_seq(topic, body, extra) != 0;
     }
     // The event's sequence number, 0 when dropped.
-    std::uint64_t publish_seq(std::string_view topic, std::string body, const headers& extra);
+    std::uint64_t publish_seq(std::string_view topic, std::string_view body, const headers& extra);
     std::uint64_t subscribe(std::string prefix, event_handler fn, execution exec);
     void unsubscribe(std::uint64_t id);
     void connect_peer(std::string endpoint);
