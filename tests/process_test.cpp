@@ -982,6 +982,22 @@ TEST_CASE("plexus-node options: command line over config file over environment",
         CHECK(r.out_json() == 5);
     }
     {
+        // --tracing: the default starts a trace and a call chain at this hop; off leaves
+        // trace headers alone (PLEXUS_TRACING from the environment).
+        const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        node_process on(dir, "tr-on", {"--echo"});
+        node_process off(dir, "tr-off", {"--echo"}, {{"PLEXUS_TRACING", "off"}});
+        auto a = plexus_cli({"call", on.rpc, "echo.headers", "-H", "traceparent=" + tp, "--compact"});
+        auto b = plexus_cli({"call", off.rpc, "echo.headers", "-H", "traceparent=" + tp, "--compact"});
+        REQUIRE(a.code == 0);
+        REQUIRE(b.code == 0);
+        CHECK(a.out_json()["call-chain"] == "echo.headers");
+        CHECK(a.out_json()["traceparent"].get<std::string>().substr(0, 36) == tp.substr(0, 36)); // same trace
+        CHECK(a.out_json()["traceparent"] != tp);                                                // its own span
+        CHECK_FALSE(b.out_json().contains("call-chain"));
+        CHECK(b.out_json()["traceparent"] == tp);
+    }
+    {
         // The command line's list replaces the config file's.
         const std::string cfg2 = dir.file("two.ini");
         std::ofstream(cfg2) << "bind = tcp://127.0.0.1:*\nbind = tcp://127.0.0.1:*\n";
@@ -991,6 +1007,7 @@ TEST_CASE("plexus-node options: command line over config file over environment",
     SECTION("bad options exit 2 before starting") {
         CHECK(exit_of({"--bogus"}) == 2);
         CHECK(exit_of({"--log-level", "loud"}) == 2);
+        CHECK(exit_of({"--tracing", "sometimes"}) == 2);
         CHECK(exit_of({"--workers", "0"}) == 2);
         CHECK(exit_of({"--bind", "localhost:5"}) == 2);
         CHECK(exit_of({"--config", dir.file("missing.ini")}) == 2);

@@ -89,6 +89,9 @@ po::options_description describe_options() {
             "publisher policy when a subscriber is slower: back-pressure or drop (counted in stats)")
         ("log-level", po::value<std::string>()->default_value("info")->value_name("LEVEL"),
             "trace|debug|info|warn|error|off")
+        ("tracing", po::value<std::string>()->default_value("start")->value_name("start|propagate|off"),
+            "W3C trace context: start a trace for calls and events made outside one, only carry one that "
+            "arrives, or leave trace headers alone")
         ("allow-publish", po::bool_switch(), "let callers publish through the system method plexus.publish (`plexus pub`)")
         ("heartbeat-interval", po::value<unsigned>()->default_value(1000)->value_name("MS"),
             "publish {name,id,uptime_ms,seq} on topic plexus.heartbeat every MS ms; 0 disables")
@@ -219,6 +222,15 @@ std::optional<settings> parse(int argc, char** argv) {
         o.publish_overflow = plexus::overflow::drop;
     else
         throw usage_error("--overflow must be block or drop, not '" + ov + "'");
+    const auto& tr = vm["tracing"].as<std::string>();
+    if (tr == "start")
+        o.tracing = plexus::trace_mode::start;
+    else if (tr == "propagate")
+        o.tracing = plexus::trace_mode::propagate;
+    else if (tr == "off")
+        o.tracing = plexus::trace_mode::off;
+    else
+        throw usage_error("--tracing must be start, propagate or off, not '" + tr + "'");
     if (!plexus::from_string(vm["log-level"].as<std::string>(), o.log))
         throw usage_error("--log-level must be trace|debug|info|warn|error|off, not '" + vm["log-level"].as<std::string>() + "'");
     o.remote_publish = vm["allow-publish"].as<bool>();
