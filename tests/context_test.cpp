@@ -501,6 +501,61 @@ void await_probe(plexus::node& pub, const std::string& topic, signal& probes) {
     REQUIRE(probes.count() > 0);
 }
 
+// Nodes a -> b -> c in one trace mode: b's "top" calls c's "leaf" and both record
+// their context; b subscribes to a's events.
+struct three_hops {
+    recorder rec;
+    std::unique_ptr<plexus::node> c, a, b;
+    std::string b_ep;
+
+    explicit three_hops(plexus::trace_mode mode) {
+        auto opts = [mode](std::string name) {
+            auto o = opts_for(std::move(name));
+            o.tracing = mode;
+            return o;
+        };
+        c = std::make_unique<plexus::node>(opts("c"));
+        c->serve("c").raw_method("leaf", [this](plexus::request& r) {
+            rec.add("c", snap(r.context));
+            return std::string();
+        });
+        c->start();
+        a = std::make_unique<plexus::node>(opts("a"));
+        a->start();
+        auto bo = opts("b");
+        bo.subscribe_to = {a->pub_endpoints().front()};
+        b = std::make_unique<plexus::node>(bo);
+        b->serve("b").raw_method("top", [this, c_ep = c->endpoints().front()](plexus::request& r) {
+            rec.add("b", snap(r.context));
+            auto rep = b->call_raw("c", "leaf", "", {.endpoint = c_ep});
+            if (!rep.ok()) throw plexus::error(rep.status);
+            return std::string();
+        });
+        b->start();
+        b_ep = b->endpoints().front();
+    }
+    ~three_hops() {
+        // b calls c and subscribes to a: stop it first.
+        b->stop();
+        a->stop();
+        c->stop();
+    }
+
+    // Records b's events under "t." as "event", with as_arrived(event) in "as-arrived",
+    // once a probe has shown the subscription is live.
+    plexus::subscription record_events(std::function<std::string(const plexus::event&)> as_arrived) {
+        auto probes = std::make_shared<signal>();
+        auto h = b->subscribe("t.", [this, probes, as_arrived](const plexus::event& ev) {
+            if (ev.body == "probe") return probes->notify();
+            auto s = snap(*plexus::context::current());
+            s.headers.emplace_back("as-arrived", as_arrived(ev));
+            rec.add("event", std::move(s));
+        });
+        await_probe(*a, "t.probe", *probes);
+        return h;
+    }
+};
+
 } // namespace
 
 TEST_CASE("context: parent span id is 16 characters or empty", "[context]") {
@@ -599,33 +654,10 @@ TEST_CASE("trace_mode::start: a call outside any trace starts one; the server op
 
 TEST_CASE("trace_mode::propagate: nothing starts a trace; a trace that arrives gets a span per hop",
           "[context][trace]") {
-    recorder rec;
-    auto opts = [](std::string name) {
-        auto o = opts_for(std::move(name));
-        o.tracing = plexus::trace_mode::propagate;
-        return o;
-    };
-    plexus::node c(opts("c"));
-    c.serve("c").raw_method("leaf", [&](plexus::request& r) {
-        rec.add("c", snap(r.context));
-        return std::string();
-    });
-    c.start();
-    plexus::node a(opts("a"));
-    a.start();
-    auto bo = opts("b");
-    bo.subscribe_to = {a.pub_endpoints().front()};
-    plexus::node b(bo);
-    plexus::node* bp = &b;
-    const std::string c_ep = c.endpoints().front();
-    b.serve("b").raw_method("top", [&, bp](plexus::request& r) {
-        rec.add("b", snap(r.context));
-        auto rep = bp->call_raw("c", "leaf", "", {.endpoint = c_ep});
-        if (!rep.ok()) throw plexus::error(rep.status);
-        return std::string();
-    });
-    b.start();
-    const std::string b_ep = b.endpoints().front();
+    three_hops h(plexus::trace_mode::propagate);
+    auto& rec = h.rec;
+    auto& a = *h.a;
+    const std::string& b_ep = h.b_ep;
 
     SECTION("a call outside any trace carries none, nor a call chain, on every hop") {
         REQUIRE(a.call_raw("b", "top", "", {.endpoint = b_ep}).ok());
@@ -682,14 +714,7 @@ TEST_CASE("trace_mode::propagate: nothing starts a trace; a trace that arrives g
         }
     }
     SECTION("an event published outside any trace arrives without a traceparent") {
-        signal probes;
-        auto h = b.subscribe("t.", [&](const plexus::event& ev) {
-            if (ev.body == "probe") return probes.notify();
-            auto s = snap(*plexus::context::current());
-            s.headers.emplace_back("as-arrived", ev.headers.contains("traceparent") ? "yes" : "no");
-            rec.add("event", std::move(s));
-        });
-        await_probe(a, "t.probe", probes);
+        auto sub = h.record_events([](const plexus::event& ev) { return ev.headers.contains("traceparent") ? "yes" : "no"; });
         REQUIRE(a.publish_raw("t.e", "e", {{"user-id", "u1"}}));
         REQUIRE(rec.count.wait_for_count(1));
         auto ev = rec.of("event");
@@ -704,33 +729,10 @@ TEST_CASE("trace_mode::propagate: nothing starts a trace; a trace that arrives g
 }
 
 TEST_CASE("trace_mode::off: trace headers travel untouched", "[context][trace]") {
-    recorder rec;
-    auto opts = [](std::string name) {
-        auto o = opts_for(std::move(name));
-        o.tracing = plexus::trace_mode::off;
-        return o;
-    };
-    plexus::node c(opts("c"));
-    c.serve("c").raw_method("leaf", [&](plexus::request& r) {
-        rec.add("c", snap(r.context));
-        return std::string();
-    });
-    c.start();
-    plexus::node a(opts("a"));
-    a.start();
-    auto bo = opts("b");
-    bo.subscribe_to = {a.pub_endpoints().front()};
-    plexus::node b(bo);
-    plexus::node* bp = &b;
-    const std::string c_ep = c.endpoints().front();
-    b.serve("b").raw_method("top", [&, bp](plexus::request& r) {
-        rec.add("b", snap(r.context));
-        auto rep = bp->call_raw("c", "leaf", "", {.endpoint = c_ep});
-        if (!rep.ok()) throw plexus::error(rep.status);
-        return std::string();
-    });
-    b.start();
-    const std::string b_ep = b.endpoints().front();
+    three_hops h(plexus::trace_mode::off);
+    auto& rec = h.rec;
+    auto& a = *h.a;
+    const std::string& b_ep = h.b_ep;
 
     SECTION("the caller's traceparent and call chain arrive byte for byte on every hop") {
         REQUIRE(a.call_raw("b", "top", "", {.headers = {{"traceparent", tp0}, {"call-chain", "edge.in"}}, .endpoint = b_ep})
@@ -762,14 +764,7 @@ TEST_CASE("trace_mode::off: trace headers travel untouched", "[context][trace]")
         CHECK(s[0].get("traceparent") == std::optional<std::string>("00-not-a-trace"));
     }
     SECTION("an event's traceparent arrives untouched") {
-        signal probes;
-        auto h = b.subscribe("t.", [&](const plexus::event& ev) {
-            if (ev.body == "probe") return probes.notify();
-            auto s = snap(*plexus::context::current());
-            s.headers.emplace_back("as-arrived", std::string(ev.headers.get_or("traceparent", "")));
-            rec.add("event", std::move(s));
-        });
-        await_probe(a, "t.probe", probes);
+        auto sub = h.record_events([](const plexus::event& ev) { return std::string(ev.headers.get_or("traceparent", "")); });
         REQUIRE(a.publish_raw("t.e", "e", {{"traceparent", tp0}}));
         REQUIRE(rec.count.wait_for_count(1));
         auto ev = rec.of("event");
