@@ -40,9 +40,9 @@ std::string describe_target(std::string_view service, std::string_view method, c
 
 } // namespace
 
-clock::time_point node_impl::deadline_for(const call_options& o) const {
+clock::time_point node_impl::deadline_for(const call_options& o, clock::time_point now) const {
     const auto timeout = o.timeout.count() > 0 ? o.timeout : opts.default_timeout;
-    auto d = clock::now() + timeout;
+    auto d = now + timeout;
     if (auto* c = context::current(); c && c->deadline && *c->deadline < d) d = *c->deadline;
     return d;
 }
@@ -86,23 +86,21 @@ std::shared_ptr<endpoint_state> node_impl::state_of(const std::string& endpoint)
 std::shared_ptr<endpoint_state> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why,
                                                    balance_policy policy) {
     std::unique_lock lk(routes_mu_);
-    thread_local std::string key;
-    key.assign(service);
     for (;;) {
-        auto it = routes_.find(key);
-        if (it != routes_.end() && !it->second.empty()) {
-            auto& eps = it->second;
+        auto it = routes_.find(service);
+        if (it != routes_.end() && !it->second.instances.empty()) {
+            auto& eps = it->second.instances;
             if (policy == balance_policy::least_in_flight && eps.size() > 1) {
                 // Power of two choices: two distinct random instances, the less busy wins.
                 thread_local std::minstd_rand rng{std::random_device{}()};
                 const auto a = rng() % eps.size();
                 auto b = rng() % (eps.size() - 1);
                 if (b >= a) ++b;
-                auto& sa = state_locked(eps[a]);
-                auto& sb = state_locked(eps[b]);
-                return sa->in_flight.load(std::memory_order_relaxed) <= sb->in_flight.load(std::memory_order_relaxed) ? sa : sb;
+                return eps[a]->in_flight.load(std::memory_order_relaxed) <= eps[b]->in_flight.load(std::memory_order_relaxed)
+                           ? eps[a]
+                           : eps[b];
             }
-            return state_locked(eps[rr_[key]++ % eps.size()]);
+            return eps[it->second.next++ % eps.size()];
         }
         if (stopping_) {
             why = {code::cancelled, "node is stopping"};
@@ -113,16 +111,16 @@ std::shared_ptr<endpoint_state> node_impl::resolve(std::string_view service, clo
         auto wait_until = deadline;
         if (peers_pending_ == 0) {
             if (!agent() || clock::now() >= discovery_warm_until_) {
-                why = {code::unavailable, "no live instance of service '" + key + "'"};
+                why = {code::unavailable, "no live instance of service '" + std::string(service) + "'"};
                 return nullptr;
             }
             wait_until = std::min(deadline, discovery_warm_until_);
         }
         if (routes_cv_.wait_until(lk, wait_until) == std::cv_status::timeout) {
-            auto again = routes_.find(key);
-            if (again != routes_.end() && !again->second.empty()) continue;
+            auto again = routes_.find(service);
+            if (again != routes_.end() && !again->second.instances.empty()) continue;
             if (wait_until < deadline) continue; // discovery's first interval is over: decide above
-            why = {code::unavailable, "no instance of service '" + key + "' found before the deadline" +
+            why = {code::unavailable, "no instance of service '" + std::string(service) + "' found before the deadline" +
                                           (peers_pending_ ? " (" + std::to_string(peers_pending_) + " peer(s) not reachable yet)"
                                                           : std::string())};
             return nullptr;
@@ -170,8 +168,8 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
                     "execution::pool or use call_async");
     if (!running_) return fail(stopping_ ? code::cancelled : code::failed_precondition,
                                stopping_ ? "node is stopping" : "node is not started");
-    const auto deadline = deadline_for(o);
-    if (clock::now() >= deadline) return fail(code::deadline_exceeded, "deadline expired before the call was made");
+    const auto deadline = deadline_for(o, started);
+    if (started >= deadline) return fail(code::deadline_exceeded, "deadline expired before the call was made");
     std::shared_ptr<endpoint_state> target;
     if (o.endpoint.empty()) {
         status why;
@@ -308,7 +306,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     };
     if (!running_) return finish_now(stopping_ ? code::cancelled : code::failed_precondition,
                                      stopping_ ? "node is stopping" : "node is not started");
-    call->deadline = deadline_for(o);
+    call->deadline = deadline_for(o, call->started);
     if (call->started >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
     if (o.endpoint.empty()) {
         // On the I/O thread resolution must not wait: known now, or unavailable. Other
@@ -547,11 +545,8 @@ void node_impl::on_describe_reply(const std::string& peer, const reply& r) {
     }
     {
         std::lock_guard lk(routes_mu_);
-        for (auto& [name, eps] : routes_) std::erase(eps, peer);
-        for (auto& s : services) {
-            auto& eps = routes_[s];
-            if (std::find(eps.begin(), eps.end(), peer) == eps.end()) eps.push_back(peer);
-        }
+        for (auto& [name, r] : routes_) r.remove(peer);
+        for (auto& s : services) routes_[s].add(state_locked(peer));
         if (!it->ever_described) --peers_pending_;
         routes_cv_.notify_all();
     }

@@ -71,7 +71,7 @@ void node_impl::on_discovery_event(const discovery::event& e) {
         if (!rpc_ep.empty()) {
             {
                 std::lock_guard lk(routes_mu_);
-                for (auto& [name, eps] : routes_) std::erase(eps, rpc_ep);
+                for (auto& [name, r] : routes_) r.remove(rpc_ep);
                 routes_cv_.notify_all();
             }
             commands_.push(endpoint_down_cmd{rpc_ep, "peer " + p.name + " left (" +
@@ -86,13 +86,11 @@ void node_impl::on_discovery_event(const discovery::event& e) {
         std::lock_guard lk(routes_mu_);
         // An update may change the services; an instance keeps its place in the lists of
         // the services it still offers, so that round-robin stays even.
-        for (auto& [name, eps] : routes_)
-            if (!p.find_service(name)) std::erase(eps, rpc_ep);
-        for (auto& s : p.services) {
-            auto& eps = routes_[s.name];
-            if (std::find(eps.begin(), eps.end(), rpc_ep) == eps.end()) eps.push_back(rpc_ep);
-        }
-        state_locked(rpc_ep)->peer = p.id;
+        for (auto& [name, r] : routes_)
+            if (!p.find_service(name)) r.remove(rpc_ep);
+        auto& st = state_locked(rpc_ep);
+        st->peer = p.id;
+        for (auto& s : p.services) routes_[s.name].add(st);
         routes_cv_.notify_all();
     }
     if (pub != p.endpoints.end()) {

@@ -295,7 +295,7 @@ void node_impl::io_bind() {
     if (!rpc_endpoints.empty()) {
         std::lock_guard lk(routes_mu_);
         for (auto& s : services_)
-            if (s->name != system_service) routes_[s->name].push_back(rpc_endpoints.front());
+            if (s->name != system_service) routes_[s->name].add(state_locked(rpc_endpoints.front()));
     }
     for (auto& ep : opts.subscribe_to) {
         if (event_endpoints_.insert(ep).second) sub_->connect(ep);
@@ -600,7 +600,7 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
         }
         // A peer known through discovery comes back through discovery (a new
         // incarnation); one given by `connect` through its next describe.
-        for (auto& [name, eps] : routes_) std::erase(eps, endpoint);
+        for (auto& [name, r] : routes_) r.remove(endpoint);
         routes_cv_.notify_all();
     }
     if (gone) {

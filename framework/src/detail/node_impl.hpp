@@ -317,7 +317,7 @@ private:
     // The current context's headers that travel on (hop-by-hop ones left behind),
     // overridden by `extra`.
     void outgoing_headers(const headers& extra, headers& out) const;
-    clock::time_point deadline_for(const call_options& opts) const;
+    clock::time_point deadline_for(const call_options& opts, clock::time_point now) const;
     std::shared_ptr<channel> my_channel();
     void post_task(task t);
     void post_ordered(const std::shared_ptr<strand>& s, task t);
@@ -391,8 +391,19 @@ private:
     // routes learnt from peers' describe: service -> endpoints
     mutable std::mutex routes_mu_;
     std::condition_variable routes_cv_;
-    std::unordered_map<std::string, std::vector<std::string>> routes_;
-    std::unordered_map<std::string, std::uint64_t> rr_; // round-robin position per service, under routes_mu_
+    struct service_route {
+        std::vector<std::shared_ptr<endpoint_state>> instances;
+        std::uint64_t next = 0; // round-robin position
+        void add(std::shared_ptr<endpoint_state> st) {
+            for (auto& i : instances)
+                if (i->endpoint == st->endpoint) return;
+            instances.push_back(std::move(st));
+        }
+        void remove(std::string_view endpoint) {
+            std::erase_if(instances, [&](const auto& i) { return i->endpoint == endpoint; });
+        }
+    };
+    std::unordered_map<std::string, service_route, string_hash, std::equal_to<>> routes_; // under routes_mu_
     std::size_t peers_pending_ = 0; // peers not described yet, under routes_mu_
 
     // sync-call channels, one per calling thread
