@@ -363,22 +363,21 @@ void node_impl::io_main(std::promise<void> ready) {
             mon_names.push_back(&ep);
         }
 
-        long timeout = -1;
-        auto consider = [&](clock::time_point t) {
-            auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
-            if (ms < 0) ms = 0;
-            if (timeout < 0 || ms < timeout) timeout = static_cast<long>(ms);
-        };
-        if (auto d = next_deadline()) consider(*d);
-        for (auto& p : peers_)
-            if (p.pending_id == 0) consider(p.next_describe);
-        if (pub_head_ < pub_backlog_.size()) consider(now + std::chrono::milliseconds(1));
-        if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
-
         if (hot) {
             // As if every socket were readable; the eventfd is left for the next poll.
             for (auto& it : items) it.revents = it.socket ? ZMQ_POLLIN : 0;
         } else {
+            long timeout = -1;
+            auto consider = [&](clock::time_point t) {
+                auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
+                if (ms < 0) ms = 0;
+                if (timeout < 0 || ms < timeout) timeout = static_cast<long>(ms);
+            };
+            if (auto d = next_deadline()) consider(*d);
+            for (auto& p : peers_)
+                if (p.pending_id == 0) consider(p.next_describe);
+            if (pub_head_ < pub_backlog_.size()) consider(now + std::chrono::milliseconds(1));
+            if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
             wake_.arm(); // from here producers write the eventfd (see wakeup)
             if (commands_.has_work() || replies_.has_work() || pubq_work_.get()) timeout = 0;
             try {
