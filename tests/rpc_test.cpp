@@ -107,7 +107,7 @@ TEST_CASE("async calls: future and callback, many in flight, replies out of orde
     CHECK(slow.get().as<int>() == 300);
 
     constexpr int n = 500;
-    std::vector<std::future<plexus::reply>> fs;
+    std::vector<plexus::call_future> fs;
     for (int i = 0; i < n; ++i) fs.push_back(c.call_async("calc", "add_inline", plexus::pack(add_req{i, i})));
     for (int i = 0; i < n; ++i) {
         REQUIRE(fs[i].wait_for(5s) == std::future_status::ready);
@@ -123,6 +123,51 @@ TEST_CASE("async calls: future and callback, many in flight, replies out of orde
         });
     REQUIRE(done.wait_for_count(10));
     CHECK(sum == 45);
+}
+
+TEST_CASE("call_future: waits, times out, wakes every waiter, hands the reply over once", "[rpc]") {
+    calc_server s;
+    plexus::node c(loopback("client"));
+    c.start();
+
+    plexus::call_future none;
+    CHECK_FALSE(none.valid());
+    CHECK_FALSE(none.ready());
+    CHECK_THROWS_AS(none.get(), std::future_error);
+
+    auto f = c.call_async("calc", "sleep", plexus::pack(300), {.endpoint = s.ep()});
+    REQUIRE(f.valid());
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(f.wait_for(50ms) == std::future_status::timeout); // a bounded wait returns in time...
+    CHECK(std::chrono::steady_clock::now() - t0 >= 50ms);
+    CHECK_FALSE(f.ready());
+    // ...and two other threads waiting at once are all woken by the one reply.
+    std::atomic<int> woken{0};
+    std::thread w1([&] { f.wait(); ++woken; });
+    std::thread w2([&] {
+        if (f.wait_until(std::chrono::steady_clock::now() + 5s) == std::future_status::ready) ++woken;
+    });
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    w1.join();
+    w2.join();
+    CHECK(woken == 2);
+    CHECK(f.ready());
+    CHECK(f.get().as<int>() == 300);
+    CHECK_FALSE(f.valid());
+    CHECK_THROWS_AS(f.get(), std::future_error);
+
+    // A call that fails before it is sent is ready at once; the future outlives the node.
+    plexus::call_future late;
+    {
+        plexus::node gone(loopback("gone"));
+        gone.start();
+        auto g = gone.call_async("nobody", "m", "", {.timeout = 100ms});
+        REQUIRE(g.wait_for(2s) == std::future_status::ready);
+        CHECK(g.get().status.code == plexus::code::unavailable);
+        late = gone.call_async("calc", "sleep", plexus::pack(2000), {.endpoint = s.ep()});
+    } // stopped with the call in flight
+    REQUIRE(late.wait_for(5s) == std::future_status::ready);
+    CHECK(late.get().status.code == plexus::code::cancelled);
 }
 
 TEST_CASE("sync calls from many threads at once", "[rpc]") {

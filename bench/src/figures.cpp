@@ -260,7 +260,7 @@ double raw_pipelined(zmq::socket_t& d, const std::string& req_env, int window, d
 // call_async futures, a sliding window of `window` calls in flight.
 double plexus_futures(plexus::node& cli, std::string_view method, const std::string& body,
                       const plexus::call_options& co, int window, double seconds, long& errors, long& done) {
-    std::deque<std::future<plexus::reply>> win;
+    std::deque<plexus::call_future> win;
     done = 0;
     bool issuing = true;
     const auto t0 = clk::now();

@@ -306,7 +306,7 @@ int resources_plexus(const std::string& silent_router, double cpu_s) {
     co.endpoint = silent_router;
     co.timeout = 60s;
     co.headers = six_headers();
-    std::vector<std::future<plexus::reply>> pending;
+    std::vector<plexus::call_future> pending;
     pending.reserve(1000);
     const std::string body = body_of(64);
     for (int i = 0; i < 1000; ++i) pending.push_back(n.call_async(service, method_inline, body, co));

@@ -27,7 +27,7 @@ int main() try {
     auto sync = client.call<greet_rep>("greeter", "hello", greet_req{"sync world"}, {.timeout = 2s});
     std::printf("sync call:  %s\n", sync.text.c_str());
 
-    std::future<plexus::reply> pending = client.call_async("greeter", "hello", plexus::pack(greet_req{"async world"}));
+    plexus::call_future pending = client.call_async("greeter", "hello", plexus::pack(greet_req{"async world"}));
     std::printf("async call: %s\n", pending.get().as<greet_rep>().text.c_str());
 
     std::promise<greet_req> got;

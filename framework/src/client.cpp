@@ -3,6 +3,12 @@
 // what peers' `describe` says.
 #include <algorithm>
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <limits>
+
 #include "detail/node_impl.hpp"
 
 namespace plexus::detail {
@@ -276,22 +282,24 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
     }
 }
 
-void node_impl::call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& o,
-                           std::optional<std::promise<reply>> promise, std::function<void(reply)> cb) {
+std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std::string_view method, std::string_view body,
+                                                  const call_options& o, std::function<void(reply)> cb) {
     auto call = std::make_shared<pending_call>();
-    call->promise = std::move(promise);
+    call->has_future = !cb;
     call->callback = std::move(cb);
+    std::shared_ptr<reply_slot> slot;
+    if (call->has_future) slot = call; // the caller's handle; freed on its thread when it lets go
     call->callback_inline = o.callback_exec == execution::inline_loop;
     call->service = service;
     call->method = method;
     call->started = clock::now();
     if (auto* c = context::current()) call->ctx = std::make_shared<context>(*c);
-    auto finish_now = [&](code c, std::string msg) {
+    auto finish_now = [&](code c, std::string msg) -> std::shared_ptr<reply_slot> {
         ++call_errors_;
         reply r{{c, std::move(msg)}, {}};
         call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
-        if (call->promise) call->promise->set_value(std::move(r));
+        if (call->has_future) call->fulfil(std::move(r));
         else if (call->callback) {
             if (running_ && !call->callback_inline) {
                 post_task([call, r = std::move(r)]() mutable {
@@ -303,6 +311,7 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
                 call->callback(std::move(r));
             }
         }
+        return slot;
     };
     if (!running_) return finish_now(stopping_ ? code::cancelled : code::failed_precondition,
                                      stopping_ ? "node is stopping" : "node is not started");
@@ -338,6 +347,42 @@ void node_impl::call_async(std::string_view service, std::string_view method, st
     ++calls_sent_;
     call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
     commands_.push(async_call_cmd{std::move(call), std::move(env)});
+    return slot;
+}
+
+namespace {
+long futex(std::atomic<std::uint32_t>* addr, int op, std::uint32_t val, const timespec* ts) noexcept {
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    return ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(addr), op, val, ts, nullptr, 0);
+}
+} // namespace
+
+void reply_slot::fulfil(reply r) noexcept {
+    value = std::move(r);
+    if (state.exchange(2, std::memory_order_acq_rel) == 1)
+        futex(&state, FUTEX_WAKE_PRIVATE, std::numeric_limits<int>::max(), nullptr);
+}
+
+bool reply_slot::wait_until(const std::optional<clock::time_point>& until) const noexcept {
+    auto* st = const_cast<std::atomic<std::uint32_t>*>(&state); // waiting marks it, the value is untouched
+    std::uint32_t s = st->load(std::memory_order_acquire);
+    while (s != 2) {
+        if (s == 0 && !st->compare_exchange_weak(s, 1, std::memory_order_acq_rel, std::memory_order_acquire))
+            continue; // s reloaded
+        timespec ts{};
+        const timespec* tsp = nullptr;
+        if (until) {
+            const auto left = *until - clock::now();
+            if (left <= clock::duration::zero()) return false;
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+            ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+            ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+            tsp = &ts;
+        }
+        futex(st, FUTEX_WAIT_PRIVATE, 1, tsp); // returns at once unless the state is still 1
+        s = st->load(std::memory_order_acquire);
+    }
+    return true;
 }
 
 void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
@@ -349,8 +394,8 @@ void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
     }
     if (call->on_io) {
         call->on_io(r);
-    } else if (call->promise) {
-        call->promise->set_value(std::move(r));
+    } else if (call->has_future) {
+        call->fulfil(std::move(r));
     } else if (call->callback && call->callback_inline) {
         std::optional<context_scope> scope;
         if (call->ctx) scope.emplace(*call->ctx);

@@ -899,6 +899,23 @@ void subscription::cancel() noexcept {
     id_ = 0;
 }
 
+reply call_future::get() {
+    if (!slot_) throw std::future_error(std::future_errc::no_state);
+    slot_->wait_until(std::nullopt);
+    reply r = std::move(slot_->value);
+    slot_.reset();
+    return r;
+}
+void call_future::wait() const {
+    if (!slot_) throw std::future_error(std::future_errc::no_state);
+    slot_->wait_until(std::nullopt);
+}
+std::future_status call_future::wait_until(clock::time_point t) const {
+    if (!slot_) throw std::future_error(std::future_errc::no_state);
+    return slot_->wait_until(t) ? std::future_status::ready : std::future_status::timeout;
+}
+bool call_future::ready() const noexcept { return slot_ && slot_->state.load(std::memory_order_acquire) == 2; }
+
 node::node(node_options opts) : impl_(std::make_shared<detail::node_impl>(std::move(opts))) {}
 node::~node() {
     if (impl_) impl_->stop();
@@ -924,16 +941,14 @@ void node::connect_events(std::string endpoint) { impl_->connect_events(std::mov
 reply node::call_raw(std::string_view service, std::string_view method, std::string_view body, const call_options& opts) {
     return impl_->call_sync(service, method, body, opts);
 }
-std::future<reply> node::call_async(std::string_view service, std::string_view method, std::string_view body,
-                                    const call_options& opts) {
-    std::promise<reply> p;
-    auto f = p.get_future();
-    impl_->call_async(service, method, body, opts, std::move(p), {});
-    return f;
+call_future node::call_async(std::string_view service, std::string_view method, std::string_view body,
+                             const call_options& opts) {
+    return call_future(impl_->call_async(service, method, body, opts, {}));
 }
 void node::call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& opts,
                       std::function<void(reply)> on_done) {
-    impl_->call_async(service, method, body, opts, std::nullopt, std::move(on_done));
+    if (!on_done) on_done = [](reply) {}; // fire and forget
+    (void)impl_->call_async(service, method, body, opts, std::move(on_done));
 }
 bool node::publish_raw(std::string_view topic, std::string_view body, const headers& extra) {
     return impl_->publish(topic, body, extra);

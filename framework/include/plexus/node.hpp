@@ -312,6 +312,36 @@ struct node_stats {
     std::uint64_t peer_connections = 0;
 };
 
+namespace detail {
+struct reply_slot;
+} // namespace detail
+
+// The result of node::call_async: ready by the call's deadline. Used like
+// std::future<reply> (get() once; wait, wait_for, wait_until giving
+// std::future_status), without what std::promise costs per call (two allocations and
+// a futex system call on completion: libstdc++ completes through std::call_once).
+// Any thread may wait; one calls get().
+class call_future {
+public:
+    call_future() = default;
+    [[nodiscard]] bool valid() const noexcept { return static_cast<bool>(slot_); }
+    // Waits for the reply and hands it over; valid() is false afterwards. Throws
+    // std::future_error (no_state) when not valid.
+    reply get();
+    void wait() const;
+    [[nodiscard]] std::future_status wait_until(clock::time_point t) const;
+    template <class Rep, class Period>
+    [[nodiscard]] std::future_status wait_for(const std::chrono::duration<Rep, Period>& d) const {
+        return wait_until(clock::now() + std::chrono::ceil<clock::duration>(d));
+    }
+    [[nodiscard]] bool ready() const noexcept;
+
+private:
+    friend class node;
+    explicit call_future(std::shared_ptr<detail::reply_slot> s) : slot_(std::move(s)) {}
+    std::shared_ptr<detail::reply_slot> slot_;
+};
+
 class node {
 public:
     explicit node(node_options opts = {});
@@ -381,7 +411,7 @@ public:
     // (discovery's first beacon interval, `connect` peers not yet described) it waits
     // for one, up to the deadline, as a synchronous call would; from the I/O thread it
     // never waits (UNAVAILABLE).
-    [[nodiscard]] std::future<reply> call_async(std::string_view service, std::string_view method, std::string_view body,
+    [[nodiscard]] call_future call_async(std::string_view service, std::string_view method, std::string_view body,
                                                 const call_options& opts = {});
     // The callback runs with the caller's context current, on a worker thread or, with
     // call_options::callback_exec = inline_loop, on the I/O thread.

@@ -112,7 +112,19 @@ struct endpoint_state {
     zmq::socket_t* io_sock = nullptr;       // its DEALER in async_socks_; I/O thread only
 };
 
-struct pending_call {
+// The shared state of a call_future: the reply and whether it is there. Completion
+// costs an atomic exchange, and a futex wake only when a thread waits.
+struct reply_slot {
+    // 0: pending; 1: pending and a thread waits (or is about to); 2: ready
+    std::atomic<std::uint32_t> state{0};
+    reply value;
+
+    void fulfil(reply r) noexcept; // exactly once
+    // Whether it is ready by `until` (no bound: waits for it).
+    bool wait_until(const std::optional<clock::time_point>& until) const noexcept;
+};
+
+struct pending_call : reply_slot {
     std::uint64_t id = 0;
     // for the interceptors' after_call
     std::string service, method;
@@ -121,7 +133,7 @@ struct pending_call {
     std::size_t ran = 0;
     clock::time_point deadline;
     std::shared_ptr<endpoint_state> target;
-    std::optional<std::promise<reply>> promise;
+    bool has_future = false; // the reply goes to the reply_slot this call is
     std::function<void(reply)> callback;   // run on a worker, or on the I/O thread when callback_inline
     bool callback_inline = false;
     std::function<void(reply)> on_io;      // run on the I/O thread (internal calls)
@@ -233,8 +245,9 @@ public:
 
     // --- client ---
     reply call_sync(std::string_view service, std::string_view method, std::string_view body, const call_options& opts);
-    void call_async(std::string_view service, std::string_view method, std::string_view body, const call_options& opts,
-                    std::optional<std::promise<reply>> promise, std::function<void(reply)> cb);
+    // With a callback, or (cb empty) for a call_future: returns its slot.
+    std::shared_ptr<reply_slot> call_async(std::string_view service, std::string_view method, std::string_view body,
+                                           const call_options& opts, std::function<void(reply)> cb);
 
     // --- pub/sub ---
     bool publish(std::string_view topic, std::string_view body, const headers& extra) {
