@@ -347,6 +347,8 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
     ++calls_sent_;
     call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
     commands_.push(async_call_cmd{std::move(call), std::move(env)});
+    // The node stopped between the check above and the push: nobody else will look.
+    if (io_exited_.load()) cancel_queued_calls();
     return slot;
 }
 

@@ -156,6 +156,8 @@ void node_impl::stop() {
         }
         commands_.push(stop_cmd{});
         if (io_.joinable()) io_.join();
+        io_exited_.store(true); // also when the I/O thread never ran
+        cancel_queued_calls();  // queued after the I/O thread's last look
 
         {
             std::lock_guard lk(work_mu_);
@@ -418,6 +420,17 @@ void node_impl::io_main(std::promise<void> ready) {
     }
     drain_and_close();
     tl_io_owner = nullptr;
+    io_exited_.store(true);
+}
+
+void node_impl::cancel_queued_calls() {
+    std::vector<command> left;
+    commands_.take(left);
+    for (auto& c : left)
+        if (auto* cmd = std::get_if<async_call_cmd>(&c)) {
+            cmd->call->callback_inline = true; // no worker may be left to run it
+            complete(cmd->call, reply{{code::cancelled, "node stopped before the call was sent"}, {}});
+        }
 }
 
 void node_impl::drain_and_close() {

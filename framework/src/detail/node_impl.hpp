@@ -304,6 +304,9 @@ private:
     std::shared_ptr<pending_call> take_pending(std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>>::iterator it);
     void on_describe_reply(const std::string& peer, const reply& r);
     void drain_and_close();
+    // Completes with CANCELLED the async calls still queued once the I/O thread is gone
+    // (their futures would wait for ever otherwise); any thread.
+    void cancel_queued_calls();
     void endpoint_down(const std::string& endpoint, const std::string& why);
     void close_dead_endpoints(); // end of an I/O turn: sockets of endpoints gone down
     std::vector<std::string> dead_endpoints_;
@@ -346,6 +349,7 @@ private:
     zmq::context_t ctx_;
     std::atomic<bool> running_{false};
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> io_exited_{false}; // the I/O thread has left its loop for good
     std::once_flag stop_once_;
     clock::time_point started_at_;
     std::atomic<std::uint64_t> next_id_;
