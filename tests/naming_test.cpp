@@ -102,6 +102,71 @@ TEST_CASE("a service with no live instance is UNAVAILABLE by the deadline", "[di
     CHECK(std::chrono::steady_clock::now() - t0 < 2s); // hang guard
 }
 
+TEST_CASE("call_async by name never blocks: a call made before its service is known waits for it on the I/O thread",
+          "[discovery][naming]") {
+    const auto port = free_udp_port();
+    const auto cluster = unique_cluster("park");
+    plexus::node c(discovering("client", cluster, port));
+    c.start();
+    // Nothing offers "accounts" yet: the calls return at once, parked.
+    auto f = c.call_async("accounts", "who", "", {.timeout = 10s});
+    std::atomic<int> callbacks{0};
+    signal cb_done;
+    std::string cb_body;
+    c.call_async("accounts", "who", "", {.timeout = 10s}, [&](plexus::reply r) {
+        if (r.ok()) {
+            cb_body = r.body;
+            ++callbacks;
+        }
+        cb_done.notify();
+    });
+    auto expires = c.call_async("accounts", "who", "", {.timeout = 150ms});
+    CHECK_FALSE(f.ready());
+    // The instance comes only after the calls were made; they reach it.
+    auto a1 = accounts("acc-late", cluster, port);
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    auto r = f.get();
+    INFO(r.status.message);
+    CHECK(r.ok());
+    CHECK(r.body == "acc-late");
+    REQUIRE(cb_done.wait_for_count(1));
+    CHECK(callbacks == 1);
+    CHECK(cb_body == "acc-late");
+    // A parked call with a short deadline ends by it (or reached the instance in time).
+    REQUIRE(expires.wait_for(5s) == std::future_status::ready);
+    auto e = expires.get();
+    CHECK((e.ok() || e.status.code == plexus::code::unavailable));
+
+    // Once discovery's first interval is over, an unknown name fails at once.
+    CHECK(eventually([&] {
+        auto g = c.call_async("ghost", "m", "", {.timeout = 10s});
+        return g.wait_for(0ms) == std::future_status::ready && g.get().status.code == plexus::code::unavailable;
+    }));
+}
+
+TEST_CASE("a call parked for its name ends UNAVAILABLE by its deadline, and CANCELLED when the node stops",
+          "[discovery][naming]") {
+    const auto port = free_udp_port();
+    // A peer that never answers its describe keeps the node learning its services.
+    zmq::context_t zctx;
+    zmq::socket_t mute(zctx, zmq::socket_type::router);
+    mute.set(zmq::sockopt::linger, 0);
+    auto o = discovering("client", unique_cluster("park-end"), port);
+    o.connect = {bind_any(mute)};
+    plexus::node c(o);
+    c.start();
+    auto short_one = c.call_async("ghost", "m", "", {.timeout = 200ms});
+    auto long_one = c.call_async("ghost", "m", "", {.timeout = 30s});
+    REQUIRE(short_one.wait_for(5s) == std::future_status::ready);
+    auto r = short_one.get();
+    CHECK(r.status.code == plexus::code::unavailable);
+    CHECK_THAT(r.status.message, Catch::Contains("ghost"));
+    CHECK_FALSE(long_one.ready());
+    c.stop();
+    REQUIRE(long_one.wait_for(5s) == std::future_status::ready);
+    CHECK(long_one.get().status.code == plexus::code::cancelled);
+}
+
 TEST_CASE("clusters on the same port do not see each other", "[discovery][naming]") {
     const auto port = free_udp_port();
     auto mine = accounts("mine", unique_cluster("iso-a"), port);

@@ -89,25 +89,38 @@ std::shared_ptr<endpoint_state> node_impl::state_of(const std::string& endpoint)
     return state_locked(endpoint);
 }
 
+std::shared_ptr<endpoint_state> node_impl::pick_locked(service_route& r, balance_policy policy) {
+    auto& eps = r.instances;
+    if (policy == balance_policy::least_in_flight && eps.size() > 1) {
+        // Power of two choices: two distinct random instances, the less busy wins.
+        thread_local std::minstd_rand rng{std::random_device{}()};
+        const auto a = rng() % eps.size();
+        auto b = rng() % (eps.size() - 1);
+        if (b >= a) ++b;
+        return eps[a]->in_flight.load(std::memory_order_relaxed) <= eps[b]->in_flight.load(std::memory_order_relaxed) ? eps[a]
+                                                                                                                    : eps[b];
+    }
+    return eps[r.next++ % eps.size()];
+}
+
+bool node_impl::learning_locked() const {
+    return peers_pending_ > 0 || (agent() && clock::now() < discovery_warm_until_);
+}
+
+std::shared_ptr<endpoint_state> node_impl::resolve_now(std::string_view service, balance_policy policy, bool& learning) {
+    std::lock_guard lk(routes_mu_);
+    if (auto it = routes_.find(service); it != routes_.end() && !it->second.instances.empty())
+        return pick_locked(it->second, policy);
+    learning = !stopping_ && learning_locked();
+    return nullptr;
+}
+
 std::shared_ptr<endpoint_state> node_impl::resolve(std::string_view service, clock::time_point deadline, status& why,
                                                    balance_policy policy) {
     std::unique_lock lk(routes_mu_);
     for (;;) {
         auto it = routes_.find(service);
-        if (it != routes_.end() && !it->second.instances.empty()) {
-            auto& eps = it->second.instances;
-            if (policy == balance_policy::least_in_flight && eps.size() > 1) {
-                // Power of two choices: two distinct random instances, the less busy wins.
-                thread_local std::minstd_rand rng{std::random_device{}()};
-                const auto a = rng() % eps.size();
-                auto b = rng() % (eps.size() - 1);
-                if (b >= a) ++b;
-                return eps[a]->in_flight.load(std::memory_order_relaxed) <= eps[b]->in_flight.load(std::memory_order_relaxed)
-                           ? eps[a]
-                           : eps[b];
-            }
-            return eps[it->second.next++ % eps.size()];
-        }
+        if (it != routes_.end() && !it->second.instances.empty()) return pick_locked(it->second, policy);
         if (stopping_) {
             why = {code::cancelled, "node is stopping"};
             return nullptr;
@@ -317,21 +330,21 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
                                      stopping_ ? "node is stopping" : "node is not started");
     call->deadline = deadline_for(o, call->started);
     if (call->started >= call->deadline) return finish_now(code::deadline_exceeded, "deadline expired before the call was made");
+    bool park = false; // no instance known yet, but one may come: the I/O thread waits for it
     if (o.endpoint.empty()) {
-        // On the I/O thread resolution must not wait: known now, or unavailable. Other
-        // callers wait as a sync call would, while the node is still learning its peers.
-        status why;
-        const auto policy = o.balance.value_or(opts.balance);
-        call->target = tl_io_owner == this ? resolve(service, clock::now(), why, policy)
-                                           : resolve(service, call->deadline, why, policy);
-        if (!call->target) return finish_now(why.code, why.message);
+        call->policy = o.balance.value_or(opts.balance);
+        call->target = resolve_now(service, call->policy, park);
+        if (!call->target && !park)
+            return finish_now(stopping_ ? code::cancelled : code::unavailable,
+                              stopping_ ? "node is stopping" : "no live instance of service '" + std::string(service) + "'");
     } else {
         call->target = state_of(o.endpoint);
     }
     // The headers sent are kept with the call for the after_call hooks of the
-    // application's interceptors; the built-in ones need them only until it is encoded.
+    // application's interceptors and for a parked call; the built-in interceptors need
+    // them only until the request is encoded.
     per_thread<headers, struct async_call_headers> scratch;
-    headers& sent = app_interceptors_ ? call->sent : scratch.get();
+    headers& sent = app_interceptors_ || park ? call->sent : scratch.get();
     outgoing_headers(o.headers, sent);
     {
         call_info info{call->service, call->method, sent, call->deadline, call->endpoint(), nullptr};
@@ -339,6 +352,18 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
             return finish_now(pre.code, pre.message);
     }
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    if (park) {
+        // Encoded when sent (its remaining budget is then smaller); checked for size now.
+        if (static_cast<std::int64_t>(body.size()) + 64 > opts.max_message_size)
+            return finish_now(code::resource_exhausted, "request of " + std::to_string(body.size()) +
+                                                            " bytes exceeds the maximum message size of " +
+                                                            std::to_string(opts.max_message_size));
+        call->parked_body.assign(body);
+        ++calls_sent_;
+        commands_.push(async_call_cmd{std::move(call), zmq::message_t()});
+        if (io_exited_.load()) cancel_queued_calls();
+        return slot;
+    }
     zmq::message_t env = encode_request(call->id, service, method, body, sent, call->deadline);
     if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
         return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
@@ -596,6 +621,7 @@ void node_impl::on_describe_reply(const std::string& peer, const reply& r) {
         for (auto& s : services) routes_[s].add(state_locked(peer));
         if (!it->ever_described) --peers_pending_;
         routes_cv_.notify_all();
+        routes_changed_.set();
     }
     if (!it->described)
         log.write(log_level::info, "peer described", kv("peer", peer) + kv("services", services.size()));

@@ -92,7 +92,9 @@ void node_impl::on_discovery_event(const discovery::event& e) {
         st->peer = p.id;
         for (auto& s : p.services) routes_[s.name].add(st);
         routes_cv_.notify_all();
+        routes_changed_.set(); // async calls parked for a name retry (I/O thread)
     }
+    wake_.notify();
     if (pub != p.endpoints.end()) {
         std::lock_guard lk(subs_mu_);
         for (auto& [id, s] : subscribers_)

@@ -340,6 +340,7 @@ void node_impl::io_main(std::promise<void> ready) {
             if ((pool_jobs_in_flight_ == 0 && queued == 0) || now >= stop_deadline) break;
         }
         expire_calls(now);
+        if (!parked_.empty()) retry_parked(now);
         if (!io_stopping_) tick_peers(now);
 
         items.clear();
@@ -380,8 +381,16 @@ void node_impl::io_main(std::promise<void> ready) {
                 if (p.pending_id == 0) consider(p.next_describe);
             if (pub_head_ < pub_backlog_.size()) consider(now + std::chrono::milliseconds(1));
             if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
+            if (!parked_.empty()) {
+                // Woken by routes_changed_ when an instance may have come; else by the
+                // first deadline or the end of discovery's first interval.
+                for (auto& c : parked_) consider(c->deadline);
+                std::lock_guard lk(routes_mu_);
+                if (discovery_warm_until_ > now) consider(discovery_warm_until_);
+            }
             wake_.arm(); // from here producers write the eventfd (see wakeup)
-            if (commands_.has_work() || replies_.has_work() || pubq_work_.get()) timeout = 0;
+            if (commands_.has_work() || replies_.has_work() || pubq_work_.get() || (!parked_.empty() && routes_changed_.get()))
+                timeout = 0;
             try {
                 zmq::poll(items.data(), items.size(), std::chrono::milliseconds(timeout));
             } catch (const zmq::error_t& e) {
@@ -441,6 +450,8 @@ void node_impl::drain_and_close() {
     flush_publications();
     for (auto& [id, call] : pending_)
         complete(call, reply{{code::cancelled, "node stopped before the reply came"}, {}});
+    for (auto& call : parked_) complete(call, reply{{code::cancelled, "node stopped before an instance was known"}, {}});
+    parked_.clear();
     pending_.clear();
     deadlines_.clear();
     {
@@ -490,24 +501,11 @@ std::size_t node_impl::handle_commands() {
                         complete(cmd.call, reply{{code::cancelled, "node is stopping"}, {}});
                         return;
                     }
-                    if (cmd.call->target->is_down) { // went down since the call chose it
-                        complete(cmd.call, reply{{code::unavailable, "the instance chosen went away before the call was sent"}, {}});
+                    if (!cmd.call->target) { // parked: its service is not known yet
+                        parked_.push_back(std::move(cmd.call));
                         return;
                     }
-                    try {
-                        auto& s = async_socket(*cmd.call->target);
-                        add_pending(cmd.call);
-                        zmq::message_t delim;
-                        if (!s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) ||
-                            !s.send(cmd.envelope, zmq::send_flags::dontwait)) {
-                            if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
-                            complete(cmd.call, reply{{code::unavailable, "send queue to " + cmd.call->target->endpoint + " is full"}, {}});
-                        }
-                    } catch (const zmq::error_t& e) {
-                        if (auto it = pending_.find(cmd.call->id); it != pending_.end()) take_pending(it);
-                        complete(cmd.call,
-                                 reply{{code::unavailable, "cannot reach " + cmd.call->target->endpoint + ": " + e.what()}, {}});
-                    }
+                    send_async(std::move(cmd.call), std::move(cmd.envelope));
                 } else if constexpr (std::is_same_v<T, subscribe_cmd>) {
                     if (!sub_) return;
                     if (cmd.add)
@@ -548,6 +546,55 @@ std::size_t node_impl::handle_commands() {
             c);
     }
     return n;
+}
+
+void node_impl::send_async(std::shared_ptr<pending_call> call, zmq::message_t env) {
+    if (call->target->is_down) { // went down since the call chose it
+        complete(call, reply{{code::unavailable, "the instance chosen went away before the call was sent"}, {}});
+        return;
+    }
+    try {
+        auto& s = async_socket(*call->target);
+        add_pending(call);
+        zmq::message_t delim;
+        if (!s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) ||
+            !s.send(env, zmq::send_flags::dontwait)) {
+            if (auto it = pending_.find(call->id); it != pending_.end()) take_pending(it);
+            complete(call, reply{{code::unavailable, "send queue to " + call->target->endpoint + " is full"}, {}});
+        }
+    } catch (const zmq::error_t& e) {
+        if (auto it = pending_.find(call->id); it != pending_.end()) take_pending(it);
+        complete(call, reply{{code::unavailable, "cannot reach " + call->target->endpoint + ": " + e.what()}, {}});
+    }
+}
+
+void node_impl::retry_parked(clock::time_point now) {
+    routes_changed_.clear();
+    std::vector<std::shared_ptr<pending_call>> still;
+    for (auto& call : parked_) {
+        bool learning = false;
+        call->target = resolve_now(call->service, call->policy, learning);
+        if (call->target) {
+            call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
+            auto env = encode_request(call->id, call->service, call->method, call->parked_body, call->sent, call->deadline);
+            call->parked_body = std::string();
+            if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
+                complete(call, reply{{code::resource_exhausted, "request of " + std::to_string(env.size()) +
+                                                                    " bytes exceeds the maximum message size of " +
+                                                                    std::to_string(opts.max_message_size)},
+                                     {}});
+            else
+                send_async(std::move(call), std::move(env));
+        } else if (!learning || now >= call->deadline) {
+            complete(call, reply{{code::unavailable, learning ? "no instance of service '" + call->service +
+                                                                    "' found before the deadline"
+                                                              : "no live instance of service '" + call->service + "'"},
+                                 {}});
+        } else {
+            still.push_back(std::move(call));
+        }
+    }
+    parked_.swap(still);
 }
 
 zmq::socket_t& node_impl::async_socket(endpoint_state& ep) {

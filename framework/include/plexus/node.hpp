@@ -406,11 +406,11 @@ public:
         }
     }
     // Asynchronous: sent through the I/O thread, many in flight on one connection.
-    // The future always becomes ready by the call's deadline. A call by name returns at
-    // once when an instance is known; while the node is still learning its peers
-    // (discovery's first beacon interval, `connect` peers not yet described) it waits
-    // for one, up to the deadline, as a synchronous call would; from the I/O thread it
-    // never waits (UNAVAILABLE).
+    // Never blocks; the future always becomes ready by the call's deadline. A call by
+    // name made while the node is still learning its peers (discovery's first beacon
+    // interval, `connect` peers not yet described) waits on the I/O thread for an
+    // instance to be known, up to its deadline (then UNAVAILABLE), as a synchronous
+    // call would wait on its caller's thread.
     [[nodiscard]] call_future call_async(std::string_view service, std::string_view method, std::string_view body,
                                                 const call_options& opts = {});
     // The callback runs with the caller's context current, on a worker thread or, with

@@ -125,6 +125,9 @@ struct reply_slot {
 };
 
 struct pending_call : reply_slot {
+    // A call parked until its service is known keeps what is encoded when it is sent.
+    std::string parked_body;
+    balance_policy policy = balance_policy::round_robin;
     std::uint64_t id = 0;
     // for the interceptors' after_call
     std::string service, method;
@@ -323,6 +326,9 @@ private:
                             std::string& error);
     zmq::message_t encode_reply(std::uint64_t id, code c, std::string_view error, std::string_view body);
     method_entry* find_method(std::string_view service, std::string_view method) const;
+    // An instance of the service, now, or null; `learning`: none may be known yet
+    // (peers not described, discovery's first interval), so one may still come.
+    std::shared_ptr<endpoint_state> resolve_now(std::string_view service, balance_policy policy, bool& learning);
     // An instance of the service, waiting until the deadline for one to be known.
     std::shared_ptr<endpoint_state> resolve(std::string_view service, clock::time_point deadline, status& why,
                                             balance_policy policy);
@@ -421,6 +427,14 @@ private:
         }
     };
     std::unordered_map<std::string, service_route, string_hash, std::equal_to<>> routes_; // under routes_mu_
+    std::shared_ptr<endpoint_state> pick_locked(service_route& r, balance_policy policy); // under routes_mu_
+    [[nodiscard]] bool learning_locked() const;                                           // under routes_mu_
+    // Async calls waiting for an instance of their service to be known (I/O thread):
+    // retried when routes change (routes_changed_) and failed by their deadline.
+    std::vector<std::shared_ptr<pending_call>> parked_;
+    work_flag routes_changed_;
+    void retry_parked(clock::time_point now);
+    void send_async(std::shared_ptr<pending_call> call, zmq::message_t env); // I/O thread
     std::size_t peers_pending_ = 0; // peers not described yet, under routes_mu_
 
     // sync-call channels, one per calling thread
