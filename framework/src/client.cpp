@@ -204,10 +204,7 @@ reply node_impl::call_sync(std::string_view service, std::string_view method, st
         return fail(pre.code, pre.message);
     const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
     zmq::message_t env = encode_request(id, service, method, body, sent, deadline);
-    if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
-        return fail(code::resource_exhausted, "request of " + std::to_string(env.size()) +
-                                                  " bytes exceeds the maximum message size of " +
-                                                  std::to_string(opts.max_message_size));
+    if (auto st = request_size_ok(env.size()); !st.ok()) return fail(st.code, st.message);
     auto ch = my_channel();
     if (!ch) return fail(code::cancelled, "node is stopping");
     std::unique_lock lk(ch->mu);
@@ -307,23 +304,10 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
     call->method = method;
     call->started = clock::now();
     if (auto* c = context::current()) call->ctx = std::make_shared<context>(*c);
-    auto finish_now = [&](code c, std::string msg) -> std::shared_ptr<reply_slot> {
-        ++call_errors_;
-        reply r{{c, std::move(msg)}, {}};
-        call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
-        run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
-        if (call->has_future) call->fulfil(std::move(r));
-        else if (call->callback) {
-            if (running_ && !call->callback_inline) {
-                post_task([call, r = std::move(r)]() mutable {
-                    std::optional<context_scope> scope;
-                    if (call->ctx) scope.emplace(*call->ctx);
-                    call->callback(std::move(r));
-                });
-            } else {
-                call->callback(std::move(r));
-            }
-        }
+    // A call that ends before it is sent; without workers (not started, stopping) its
+    // callback runs here.
+    auto finish_now = [&](code c, std::string msg) {
+        complete(call, reply{{c, std::move(msg)}, {}}, running_);
         return slot;
     };
     if (!running_) return finish_now(stopping_ ? code::cancelled : code::failed_precondition,
@@ -340,6 +324,9 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
     } else {
         call->target = state_of(o.endpoint);
     }
+    // A call counts in its instance's in_flight from the moment it has one (complete()
+    // takes it off).
+    if (call->target) call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
     // The headers sent are kept with the call for the after_call hooks of the
     // application's interceptors and for a parked call; the built-in interceptors need
     // them only until the request is encoded.
@@ -352,25 +339,13 @@ std::shared_ptr<reply_slot> node_impl::call_async(std::string_view service, std:
             return finish_now(pre.code, pre.message);
     }
     call->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    if (park) {
-        // Encoded when sent (its remaining budget is then smaller); checked for size now.
-        if (static_cast<std::int64_t>(body.size()) + 64 > opts.max_message_size)
-            return finish_now(code::resource_exhausted, "request of " + std::to_string(body.size()) +
-                                                            " bytes exceeds the maximum message size of " +
-                                                            std::to_string(opts.max_message_size));
-        call->parked_body.assign(body);
-        ++calls_sent_;
-        commands_.push(async_call_cmd{std::move(call), zmq::message_t()});
-        if (io_exited_.load()) cancel_queued_calls();
-        return slot;
-    }
-    zmq::message_t env = encode_request(call->id, service, method, body, sent, call->deadline);
-    if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
-        return finish_now(code::resource_exhausted, "request of " + std::to_string(env.size()) +
-                                                        " bytes exceeds the maximum message size of " +
-                                                        std::to_string(opts.max_message_size));
+    // A parked call is encoded when it is sent (its remaining budget is smaller then):
+    // it keeps its body, and its size is checked again then.
+    zmq::message_t env;
+    if (!park) env = encode_request(call->id, service, method, body, sent, call->deadline);
+    if (auto st = request_size_ok(park ? body.size() : env.size()); !st.ok()) return finish_now(st.code, st.message);
+    if (park) call->parked_body.assign(body);
     ++calls_sent_;
-    call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
     commands_.push(async_call_cmd{std::move(call), std::move(env)});
     // The node stopped between the check above and the push: nobody else will look.
     if (io_exited_.load()) cancel_queued_calls();
@@ -412,33 +387,35 @@ bool reply_slot::wait_until(const std::optional<clock::time_point>& until) const
     return true;
 }
 
-void node_impl::complete(std::shared_ptr<pending_call> call, reply r) {
+status node_impl::request_size_ok(std::size_t bytes) const {
+    if (static_cast<std::int64_t>(bytes) <= opts.max_message_size) return {};
+    return {code::resource_exhausted, "request of " + std::to_string(bytes) + " bytes exceeds the maximum message size of " +
+                                          std::to_string(opts.max_message_size)};
+}
+
+void node_impl::complete(std::shared_ptr<pending_call> call, reply r, bool may_post) {
     if (r.status.code != code::ok) ++call_errors_;
     if (call->target) call->target->in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (call->ran > 0) {
         call_info info{call->service, call->method, call->sent, call->deadline, call->endpoint(), nullptr};
         run_after(chain_, call->ran, [&](interceptor& i) { i.after_call(info, r.status, clock::now() - call->started); });
     }
-    if (call->on_io) {
-        call->on_io(r);
-    } else if (call->has_future) {
-        call->fulfil(std::move(r));
-    } else if (call->callback && call->callback_inline) {
-        std::optional<context_scope> scope;
-        if (call->ctx) scope.emplace(*call->ctx);
-        try {
-            call->callback(std::move(r));
-        } catch (const std::exception& e) {
-            log.write(log_level::warn, "call callback threw", kv("method", call->service + "." + call->method) + kv("error", e.what()));
-        } catch (...) {
-            log.write(log_level::warn, "call callback threw", kv("method", call->service + "." + call->method));
-        }
-    } else if (call->callback) {
-        post_task([call, r = std::move(r)]() mutable {
-            std::optional<context_scope> scope;
-            if (call->ctx) scope.emplace(*call->ctx);
-            call->callback(std::move(r));
-        });
+    if (call->on_io) return call->on_io(r);
+    if (call->has_future) return call->fulfil(std::move(r));
+    if (!call->callback) return;
+    if (call->callback_inline || !may_post) return run_callback(*call, std::move(r));
+    post_task([this, call, r = std::move(r)]() mutable { run_callback(*call, std::move(r)); });
+}
+
+void node_impl::run_callback(pending_call& call, reply r) {
+    std::optional<context_scope> scope;
+    if (call.ctx) scope.emplace(*call.ctx);
+    try {
+        call.callback(std::move(r));
+    } catch (const std::exception& e) {
+        log.write(log_level::warn, "call callback threw", kv("method", call.service + "." + call.method) + kv("error", e.what()));
+    } catch (...) {
+        log.write(log_level::warn, "call callback threw", kv("method", call.service + "." + call.method));
     }
 }
 
@@ -557,6 +534,7 @@ void node_impl::tick_peers(clock::time_point now) {
             zmq::message_t delim;
             if (s.send(delim, zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
                 s.send(env, zmq::send_flags::dontwait)) {
+                call->target->in_flight.fetch_add(1, std::memory_order_relaxed); // complete() takes it off
                 add_pending(call);
             } else {
                 p.pending_id = 0;

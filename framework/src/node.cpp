@@ -340,7 +340,7 @@ void node_impl::io_main(std::promise<void> ready) {
             if ((pool_jobs_in_flight_ == 0 && queued == 0) || now >= stop_deadline) break;
         }
         expire_calls(now);
-        if (!parked_.empty()) retry_parked(now);
+        if (!parked_.empty() && (routes_changed_.get() || now >= parked_wake_)) retry_parked(now);
         if (!io_stopping_) tick_peers(now);
 
         items.clear();
@@ -381,13 +381,9 @@ void node_impl::io_main(std::promise<void> ready) {
                 if (p.pending_id == 0) consider(p.next_describe);
             if (pub_head_ < pub_backlog_.size()) consider(now + std::chrono::milliseconds(1));
             if (io_stopping_) consider(std::min(stop_deadline, now + std::chrono::milliseconds(5)));
-            if (!parked_.empty()) {
-                // Woken by routes_changed_ when an instance may have come; else by the
-                // first deadline or the end of discovery's first interval.
-                for (auto& c : parked_) consider(c->deadline);
-                std::lock_guard lk(routes_mu_);
-                if (discovery_warm_until_ > now) consider(discovery_warm_until_);
-            }
+            // Parked calls: woken by routes_changed_ when an instance may have come,
+            // else by the first deadline or the end of discovery's first interval.
+            if (!parked_.empty()) consider(parked_wake_);
             wake_.arm(); // from here producers write the eventfd (see wakeup)
             if (commands_.has_work() || replies_.has_work() || pubq_work_.get() || (!parked_.empty() && routes_changed_.get()))
                 timeout = 0;
@@ -436,10 +432,8 @@ void node_impl::cancel_queued_calls() {
     std::vector<command> left;
     commands_.take(left);
     for (auto& c : left)
-        if (auto* cmd = std::get_if<async_call_cmd>(&c)) {
-            cmd->call->callback_inline = true; // no worker may be left to run it
-            complete(cmd->call, reply{{code::cancelled, "node stopped before the call was sent"}, {}});
-        }
+        if (auto* cmd = std::get_if<async_call_cmd>(&c)) // no worker may be left to run a callback
+            complete(cmd->call, reply{{code::cancelled, "node stopped before the call was sent"}, {}}, false);
 }
 
 void node_impl::drain_and_close() {
@@ -503,6 +497,7 @@ std::size_t node_impl::handle_commands() {
                     }
                     if (!cmd.call->target) { // parked: its service is not known yet
                         parked_.push_back(std::move(cmd.call));
+                        parked_wake_ = clock::time_point{}; // look at once: routes may have changed since
                         return;
                     }
                     send_async(std::move(cmd.call), std::move(cmd.envelope));
@@ -571,6 +566,7 @@ void node_impl::send_async(std::shared_ptr<pending_call> call, zmq::message_t en
 void node_impl::retry_parked(clock::time_point now) {
     routes_changed_.clear();
     std::vector<std::shared_ptr<pending_call>> still;
+    parked_wake_ = clock::time_point::max();
     for (auto& call : parked_) {
         bool learning = false;
         call->target = resolve_now(call->service, call->policy, learning);
@@ -578,11 +574,8 @@ void node_impl::retry_parked(clock::time_point now) {
             call->target->in_flight.fetch_add(1, std::memory_order_relaxed);
             auto env = encode_request(call->id, call->service, call->method, call->parked_body, call->sent, call->deadline);
             call->parked_body = std::string();
-            if (static_cast<std::int64_t>(env.size()) > opts.max_message_size)
-                complete(call, reply{{code::resource_exhausted, "request of " + std::to_string(env.size()) +
-                                                                    " bytes exceeds the maximum message size of " +
-                                                                    std::to_string(opts.max_message_size)},
-                                     {}});
+            if (auto st = request_size_ok(env.size()); !st.ok())
+                complete(call, reply{st, {}});
             else
                 send_async(std::move(call), std::move(env));
         } else if (!learning || now >= call->deadline) {
@@ -591,10 +584,15 @@ void node_impl::retry_parked(clock::time_point now) {
                                                               : "no live instance of service '" + call->service + "'"},
                                  {}});
         } else {
+            parked_wake_ = std::min(parked_wake_, call->deadline);
             still.push_back(std::move(call));
         }
     }
     parked_.swap(still);
+    if (!parked_.empty()) {
+        std::lock_guard lk(routes_mu_);
+        if (discovery_warm_until_ > now) parked_wake_ = std::min(parked_wake_, discovery_warm_until_);
+    }
 }
 
 zmq::socket_t& node_impl::async_socket(endpoint_state& ep) {

@@ -30,6 +30,10 @@ void field(packer& pk, std::string_view key, std::uint64_t value) {
     pack_str(pk, key);
     pk.pack_uint64(value);
 }
+void field(packer& pk, std::string_view key, double value) {
+    pack_str(pk, key);
+    pk.pack_double(value);
+}
 std::string to_string(const msgpack::sbuffer& b) { return std::string(b.data(), b.size()); }
 std::uint64_t uptime_ms(clock::time_point since) {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - since).count());
@@ -135,12 +139,9 @@ std::string node_impl::sys_stats(request&) {
             pack_str(pk, plexus::to_string(c));
             pk.pack_uint64(n);
         }
-        pack_str(pk, "p50_us");
-        pk.pack_double(m.p50_us);
-        pack_str(pk, "p90_us");
-        pk.pack_double(m.p90_us);
-        pack_str(pk, "p99_us");
-        pk.pack_double(m.p99_us);
+        field(pk, "p50_us", m.p50_us);
+        field(pk, "p90_us", m.p90_us);
+        field(pk, "p99_us", m.p99_us);
     }
     pack_str(pk, "topics");
     pk.pack_array(static_cast<std::uint32_t>(s.topics.size()));

@@ -301,7 +301,11 @@ private:
     void reply_error(std::span<zmq::message_t> route, std::uint64_t id, code c, std::string_view msg);
     zmq::socket_t& async_socket(const std::string& endpoint);
     zmq::socket_t& async_socket(endpoint_state& ep);
-    void complete(std::shared_ptr<pending_call> call, reply r);
+    // Ends a call: counters, after_call hooks, then its future, callback (on a worker
+    // unless inline or !may_post) or I/O-thread continuation.
+    void complete(std::shared_ptr<pending_call> call, reply r, bool may_post = true);
+    [[nodiscard]] status request_size_ok(std::size_t bytes) const; // resource_exhausted over max_message_size
+    void run_callback(pending_call& call, reply r); // with the caller's context current
     // Registers / removes an outstanding call on the I/O thread (pending_ and deadlines_).
     void add_pending(const std::shared_ptr<pending_call>& call);
     std::shared_ptr<pending_call> take_pending(std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>>::iterator it);
@@ -432,6 +436,7 @@ private:
     // Async calls waiting for an instance of their service to be known (I/O thread):
     // retried when routes change (routes_changed_) and failed by their deadline.
     std::vector<std::shared_ptr<pending_call>> parked_;
+    clock::time_point parked_wake_{}; // when to look at them again without a route change
     work_flag routes_changed_;
     void retry_parked(clock::time_point now);
     void send_async(std::shared_ptr<pending_call> call, zmq::message_t env); // I/O thread
