@@ -166,6 +166,13 @@ std::string unique_cluster(std::string_view what) {
     return "bench-" + std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
 }
 
+plexus::discovery::beacon_options beacons(const std::string& cluster, std::uint16_t port) {
+    plexus::discovery::beacon_options d;
+    d.cluster = cluster;
+    d.port = port;
+    return d;
+}
+
 // ---------------------------------------------------------------- child processes
 
 namespace {
@@ -174,6 +181,31 @@ std::string self_exe() {
     const auto n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
     if (n <= 0) throw std::system_error(errno, std::generic_category(), "readlink /proc/self/exe");
     return std::string(buf, static_cast<std::size_t>(n));
+}
+
+// The next whole line read from `fd` (bytes past it stay in `buf`), waiting until `end`:
+// nullopt when none came in time, or when `fd` has ended (or failed): then `ended` is set.
+std::optional<std::string> next_line(int fd, std::string& buf, clk::time_point end, bool& ended) {
+    for (;;) {
+        if (auto nl = buf.find('\n'); nl != std::string::npos) {
+            std::string line = buf.substr(0, nl);
+            buf.erase(0, nl + 1);
+            return line;
+        }
+        if (ended) return std::nullopt;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - clk::now()).count();
+        pollfd p{fd, POLLIN, 0};
+        const int r = ::poll(&p, 1, static_cast<int>(std::max<long>(left, 0)));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return std::nullopt;
+        char chunk[4096];
+        const auto n = ::read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+            ended = true;
+        else
+            buf.append(chunk, static_cast<std::size_t>(n));
+    }
 }
 } // namespace
 
@@ -230,30 +262,13 @@ child::~child() {
 }
 
 std::optional<std::string> child::read_line(std::chrono::milliseconds timeout) {
-    const auto end = clk::now() + timeout;
-    for (;;) {
-        if (auto nl = buf_.find('\n'); nl != std::string::npos) {
-            std::string line = buf_.substr(0, nl);
-            buf_.erase(0, nl + 1);
-            return line;
-        }
-        if (out_ < 0) return std::nullopt;
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - clk::now()).count();
-        if (left <= 0) return std::nullopt;
-        pollfd p{out_, POLLIN, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(left));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return std::nullopt;
-        char chunk[4096];
-        const auto n = ::read(out_, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            ::close(out_);
-            out_ = -1;
-            continue;
-        }
-        buf_.append(chunk, static_cast<std::size_t>(n));
+    bool ended = out_ < 0;
+    auto line = next_line(out_, buf_, clk::now() + timeout, ended);
+    if (ended && out_ >= 0) {
+        ::close(out_);
+        out_ = -1;
     }
+    return line;
 }
 
 std::string child::expect(std::string_view prefix, std::chrono::milliseconds timeout) {
@@ -329,22 +344,10 @@ void wait_stdin_eof() {
 std::optional<std::string> poll_stdin_line(std::chrono::milliseconds timeout) {
     // Unbuffered on purpose: the parent writes whole lines and waits for an answer.
     static std::string buf;
-    const auto end = clk::now() + timeout;
-    for (;;) {
-        if (auto nl = buf.find('\n'); nl != std::string::npos) {
-            std::string line = buf.substr(0, nl);
-            buf.erase(0, nl + 1);
-            return line;
-        }
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - clk::now()).count();
-        pollfd p{0, POLLIN, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(std::max<long>(left, 0)));
-        if (r <= 0) return std::nullopt;
-        char chunk[256];
-        const auto n = ::read(0, chunk, sizeof chunk);
-        if (n <= 0) return std::string("eof");
-        buf.append(chunk, static_cast<std::size_t>(n));
-    }
+    bool ended = false;
+    auto line = next_line(0, buf, clk::now() + timeout, ended);
+    if (!line && ended) return std::string("eof");
+    return line;
 }
 
 // ---------------------------------------------------------------- measurements

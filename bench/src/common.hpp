@@ -85,6 +85,9 @@ std::string from_hex(std::string_view hex);
 // the test suite beside a benchmark) never see each other's nodes.
 std::uint16_t free_udp_port();
 std::string unique_cluster(std::string_view what);
+// Beacons of `cluster` on UDP `port`, at the default interval (1 s) and target
+// (127.255.255.255: this host only).
+plexus::discovery::beacon_options beacons(const std::string& cluster, std::uint16_t port);
 
 // ---------------------------------------------------------------- child processes
 

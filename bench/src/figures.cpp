@@ -30,6 +30,8 @@ namespace bench {
 namespace {
 
 constexpr auto spawn_timeout = 15s;
+// Bounds a raw baseline's wait for a reply: a server that died fails the figure.
+constexpr int raw_reply_timeout_ms = 10000;
 
 plexus::node_options client_options(const std::string& server_ep) {
     auto o = node_options_for("bench-client");
@@ -53,6 +55,47 @@ void stop_child(child& c) {
     c.close_stdin();
     c.wait(5s);
 }
+
+// A Plexus server process (role `server plexus`) and a client node of this process
+// connected to it, past name resolution. stop() ends the client, then the server.
+struct plexus_server_client {
+    child srv = child::spawn({"server", "plexus"});
+    const std::string ep = srv.expect("ep", spawn_timeout);
+    plexus::node cli{client_options(ep)};
+
+    plexus_server_client() {
+        cli.start();
+        warm_plexus(cli, method_inline);
+    }
+    void stop() {
+        cli.stop();
+        stop_child(srv);
+    }
+};
+
+// A raw REQ client (figure 1) and a raw DEALER with a Plexus node's queue limits
+// (figure 2), connected to `ep`; a reply that does not come in time is an error.
+zmq::socket_t raw_client(zmq::context_t& ctx, zmq::socket_type type, const std::string& ep) {
+    zmq::socket_t s(ctx, type);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, raw_reply_timeout_ms);
+    if (type == zmq::socket_type::dealer) {
+        s.set(zmq::sockopt::sndhwm, 10000); // as a Plexus node's defaults
+        s.set(zmq::sockopt::rcvhwm, 10000);
+    }
+    s.connect(ep);
+    return s;
+}
+
+void recv_reply(zmq::socket_t& s, zmq::message_t& m) {
+    if (!s.recv(m)) throw std::runtime_error("raw baseline: no reply in time");
+}
+
+// A row's message shape: the body size, with the six headers or none.
+struct envelope_case {
+    std::size_t body;
+    bool headers;
+};
 
 std::string envelope_label(std::size_t body, bool headers, std::size_t bytes) {
     return fmt("%s%s (%zu B envelope)", body >= 1024 ? "1 KiB" : fmt("%zu B", body).c_str(),
@@ -150,11 +193,8 @@ const wire_bytes& plexus_wire(std::size_t body, bool with_headers) {
 // ---------------------------------------------------------------- 1. latency
 
 void fig1_latency(const sizes& s, report& r) {
-    auto srv = child::spawn({"server", "plexus"});
-    const auto ep = srv.expect("ep", spawn_timeout);
-    plexus::node cli(client_options(ep));
-    cli.start();
-    warm_plexus(cli, method_inline);
+    plexus_server_client plx;
+    auto& cli = plx.cli;
     plexus::call_options co;
     co.headers = six_headers();
     co.timeout = 5s;
@@ -163,22 +203,17 @@ void fig1_latency(const sizes& s, report& r) {
     for (std::size_t body_size : {std::size_t{64}, std::size_t{1024}}) {
         const auto& wire = plexus_wire(body_size, true);
         auto rsrv = child::spawn({"server", "raw-rep", to_hex(wire.reply)});
-        const auto rep_ep = rsrv.expect("ep", spawn_timeout);
-        zmq::socket_t req(ctx, zmq::socket_type::req);
-        req.set(zmq::sockopt::linger, 0);
-        req.connect(rep_ep);
+        zmq::socket_t req = raw_client(ctx, zmq::socket_type::req, rsrv.expect("ep", spawn_timeout));
         const std::string& req_env = wire.request;
         const std::string body = body_of(body_size);
         long errors = 0;
         // The same raw client against the Plexus server: splits the overhead between
         // the client and the server side.
-        zmq::socket_t req_plexus(ctx, zmq::socket_type::req);
-        req_plexus.set(zmq::sockopt::linger, 0);
-        req_plexus.connect(ep);
+        zmq::socket_t req_plexus = raw_client(ctx, zmq::socket_type::req, plx.ep);
         auto raw_to = [&](zmq::socket_t& sock) {
             (void)sock.send(zmq::buffer(req_env), zmq::send_flags::none);
             zmq::message_t m;
-            (void)sock.recv(m);
+            recv_reply(sock, m);
             keep(m);
         };
         auto raw_once = [&] { raw_to(req); };
@@ -226,8 +261,7 @@ void fig1_latency(const sizes& s, report& r) {
         if (errors) r.notes.push_back(fmt("figure 1, %zu B: %ld Plexus calls failed", body_size, errors));
         stop_child(rsrv);
     }
-    cli.stop();
-    stop_child(srv);
+    plx.stop();
 }
 
 // ---------------------------------------------------------------- 2. pipelined
@@ -248,8 +282,8 @@ double raw_pipelined(zmq::socket_t& d, const std::string& req_env, int window, d
             ++inflight;
         }
         zmq::message_t delim, env;
-        (void)d.recv(delim);
-        (void)d.recv(env);
+        recv_reply(d, delim);
+        recv_reply(d, env);
         --inflight;
         ++done;
         if ((done & 255) == 0 && clk::now() >= end) issuing = false;
@@ -371,28 +405,16 @@ struct cpu_per_call {
 } // namespace
 
 void fig2_pipelined(const sizes& s, report& r) {
-    auto srv = child::spawn({"server", "plexus"});
-    const auto ep = srv.expect("ep", spawn_timeout);
-    plexus::node cli(client_options(ep));
-    cli.start();
-    warm_plexus(cli, method_inline);
+    plexus_server_client plx;
+    auto& cli = plx.cli;
     zmq::context_t ctx(1);
     const plexus::headers h = six_headers();
     const double warm_s = std::min(0.2, s.pipelined_seconds);
 
-    struct case_t {
-        std::size_t body;
-        bool headers;
-    };
-    for (const case_t c : {case_t{64, true}, case_t{1024, true}, case_t{64, false}}) {
+    for (const envelope_case c : {envelope_case{64, true}, envelope_case{1024, true}, envelope_case{64, false}}) {
         const auto& wire = plexus_wire(c.body, c.headers);
         auto rsrv = child::spawn({"server", "raw-router", to_hex(wire.reply)});
-        const auto rep_ep = rsrv.expect("ep", spawn_timeout);
-        zmq::socket_t d(ctx, zmq::socket_type::dealer);
-        d.set(zmq::sockopt::linger, 0);
-        d.set(zmq::sockopt::sndhwm, 10000); // as a Plexus node's defaults
-        d.set(zmq::sockopt::rcvhwm, 10000);
-        d.connect(rep_ep);
+        zmq::socket_t d = raw_client(ctx, zmq::socket_type::dealer, rsrv.expect("ep", spawn_timeout));
         const std::string& req_env = wire.request;
         if (!c.headers) note_added_headers(req_env, "figure 2, minimal envelope", r);
         const std::string body = body_of(c.body);
@@ -405,17 +427,13 @@ void fig2_pipelined(const sizes& s, report& r) {
         long ignored = 0;
         (void)raw_pipelined(d, req_env, s.pipelined_window, warm_s, ignored);
         (void)plexus_futures(cli, method_inline, body, co, s.pipelined_window, warm_s, errors, ignored);
-        zmq::socket_t d_plexus(ctx, zmq::socket_type::dealer); // raw client, Plexus server
-        d_plexus.set(zmq::sockopt::linger, 0);
-        d_plexus.set(zmq::sockopt::sndhwm, 10000);
-        d_plexus.set(zmq::sockopt::rcvhwm, 10000);
-        d_plexus.connect(ep);
+        zmq::socket_t d_plexus = raw_client(ctx, zmq::socket_type::dealer, plx.ep); // raw client, Plexus server
         (void)raw_pipelined(d_plexus, req_env, s.pipelined_window, warm_s, ignored);
         plexus::call_options co_io = co; // callbacks on the I/O thread
         co_io.callback_exec = plexus::execution::inline_loop;
         std::vector<double> raw_r, fut_r, pool_r, cb_r, cbio_r, chain_r, mixed_r;
         cpu_per_call raw_cpu, fut_cpu;
-        const pid_t raw_pid = rsrv.pid(), plexus_pid = srv.pid();
+        const pid_t raw_pid = rsrv.pid(), plexus_pid = plx.srv.pid();
         const int w = s.pipelined_window;
         const double secs = s.pipelined_seconds;
         for (int round = 0; round < s.pipelined_rounds; ++round) {
@@ -465,8 +483,7 @@ void fig2_pipelined(const sizes& s, report& r) {
         if (errors) r.notes.push_back(fmt("figure 2, %zu B: %ld Plexus calls failed", c.body, errors));
         stop_child(rsrv);
     }
-    cli.stop();
-    stop_child(srv);
+    plx.stop();
 }
 
 // ---------------------------------------------------------------- 3. pub/sub
@@ -520,11 +537,8 @@ std::string loss_cell(const pubsub_result& p, long count) {
 
 void fig3_pubsub(const sizes& s, report& r) {
     const long idle_ms = s.m == mode::smoke ? 500 : 1000;
-    struct case_t {
-        std::size_t body;
-        bool headers;
-    };
-    for (const case_t c : {case_t{64, true}, case_t{64, false}, case_t{1024, true}, case_t{1024, false}}) {
+    for (const envelope_case c : {envelope_case{64, true}, envelope_case{64, false}, envelope_case{1024, true},
+                                  envelope_case{1024, false}}) {
         const long count = c.body == 64 ? s.pubsub_small : s.pubsub_large;
         // Best rate of the rounds (outside load only ever slows a run down); worst loss.
         pubsub_result raw, plx;
@@ -723,10 +737,7 @@ plexus::node_options discovering(std::string name, const std::string& cluster, s
     plexus::node_options o;
     o.name = std::move(name);
     o.log = plexus::log_level::warn;
-    plexus::discovery::beacon_options d;
-    d.cluster = cluster;
-    d.port = port; // the default interval (1 s) and target (127.255.255.255: this host only)
-    o.discovery = d;
+    o.discovery = beacons(cluster, port);
     return o;
 }
 
@@ -794,6 +805,11 @@ std::string p50_ms(std::vector<double> v) {
 
 double ms_between(long long t0, long long t1) { return static_cast<double>(t1 - t0) / 1e6; }
 
+// A row of figure 6: times with no raw baseline nor target.
+row measured_row(std::string what, std::vector<double> ms) {
+    return {"6", std::move(what), ms_cell(std::move(ms)), "-", "-", "-", "measured"};
+}
+
 // Counts the samples that failed, keeps the first reason of each kind for the notes.
 struct failures {
     std::map<std::string, std::pair<int, std::string>> by_what;
@@ -837,11 +853,10 @@ void start_in_process(const sizes& s, report& r, failures& fails) {
         if (const auto j = w.wait_for("disc-server", false, 0ms).joined_ns) joined.push_back(ms_between(t0, j));
         cli.stop();
     }
-    r.rows.push_back({"6",
-                      fmt("discovery: start -> first ok call by name: a fresh node in this process (constructed, "
-                          "started, calling), the server node already running (%d runs)",
-                          s.discovery_starts),
-                      ms_cell(total), "-", "-", "-", "measured"});
+    r.rows.push_back(measured_row(fmt("discovery: start -> first ok call by name: a fresh node in this process "
+                                      "(constructed, started, calling), the server node already running (%d runs)",
+                                      s.discovery_starts),
+                                  total));
     r.rows.push_back({"6", "  of which start() returned / the server joined its table (p50)",
                       p50_ms(started) + " / " + p50_ms(joined) + " ms", "-", "-", "(info)", ""});
     srv.stop();
@@ -895,11 +910,10 @@ void start_process(const sizes& s, report& r, failures& fails) {
         if (const auto j = w.wait_for(inst, false, 0ms).joined_ns) joined.push_back(ms_between(t0, j));
         stop_child(c);
     }
-    r.rows.push_back({"6",
-                      fmt("discovery: spawn of a server process -> first ok call by name from a running client node "
-                          "(%d runs; includes the process start)",
-                          s.discovery_starts),
-                      ms_cell(total), "-", "-", "-", "measured"});
+    r.rows.push_back(measured_row(fmt("discovery: spawn of a server process -> first ok call by name from a running "
+                                      "client node (%d runs; includes the process start)",
+                                      s.discovery_starts),
+                                  total));
     r.rows.push_back({"6", "  of which the child was in main() / its node started / it joined the client's table (p50)",
                       p50_ms(entered) + " / " + p50_ms(started) + " / " + p50_ms(joined) + " ms", "-", "-", "(info)",
                       ""});
@@ -1086,20 +1100,15 @@ void failover(const sizes& s, report& r, failures& fails) {
     std::string code_list;
     for (auto& [c, n] : codes) code_list += fmt("%s%d %s", code_list.empty() ? "" : ", ", n, c.c_str());
     const std::string of = fmt("(%d runs)", 2 * s.failovers), half = fmt("(%d runs)", s.failovers);
-    r.rows.push_back({"6",
-                      "discovery: SIGKILL of 1 of 2 server processes -> an async call in flight to it fails "
-                      "UNAVAILABLE " + of,
-                      ms_cell(async_fail), "-", "-", "-", "measured"});
-    r.rows.push_back({"6", "discovery: SIGKILL -> a sync call in flight to it fails UNAVAILABLE " + of,
-                      ms_cell(sync_fail), "-", "-", "-", "measured"});
-    r.rows.push_back({"6",
-                      "discovery: SIGKILL -> failover done: sync calls by name one after the other (round robin), the "
-                      "first ok call on the survivor after the last failed one " + half,
-                      ms_cell(done_sync), "-", "-", "-", "measured"});
-    r.rows.push_back({"6",
-                      "discovery: SIGKILL -> failover done: the same with async calls (call_async, one at a time) " +
-                          half,
-                      ms_cell(done_async), "-", "-", "-", "measured"});
+    r.rows.push_back(measured_row("discovery: SIGKILL of 1 of 2 server processes -> an async call in flight to it "
+                                  "fails UNAVAILABLE " + of,
+                                  async_fail));
+    r.rows.push_back(measured_row("discovery: SIGKILL -> a sync call in flight to it fails UNAVAILABLE " + of, sync_fail));
+    r.rows.push_back(measured_row("discovery: SIGKILL -> failover done: sync calls by name one after the other (round "
+                                  "robin), the first ok call on the survivor after the last failed one " + half,
+                                  done_sync));
+    r.rows.push_back(measured_row(
+        "discovery: SIGKILL -> failover done: the same with async calls (call_async, one at a time) " + half, done_async));
     r.rows.push_back({"6", "  SIGKILL -> the victim leaves the client's table (by the broken connection)",
                       ms_cell(left), "-", "-", "(info)", ""});
     if (runs)

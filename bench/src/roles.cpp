@@ -22,8 +22,6 @@ namespace bench {
 
 namespace {
 
-plexus::node_options quiet(std::string name) { return node_options_for(std::move(name)); }
-
 // Raw servers block in recv on the main thread; this ends the process when stdin closes.
 void exit_on_stdin_eof() {
     std::thread([] {
@@ -36,10 +34,10 @@ std::string echo(plexus::request& rq) { return std::string(rq.body); }
 
 // ---------------------------------------------------------------- servers
 
-int server_plexus(unsigned workers) {
-    auto o = quiet("bench-server");
+// Default workers (4): the pool handler of figures 1 and 2 runs on them.
+int server_plexus() {
+    auto o = node_options_for("bench-server");
     o.pub_bind = {};
-    o.workers = workers;
     plexus::node n(o);
     n.serve(std::string(service))
         .raw_method(std::string(method_inline), echo, {.exec = plexus::execution::inline_loop})
@@ -94,7 +92,7 @@ int server_raw_router(const std::string& rep) {
 // Publishes warm-up events until the parent says `go` (the subscriber has seen one:
 // the slow-joiner window is over), then `count` measured events as fast as it can.
 int pub_plexus(std::size_t body_size, bool with_headers, long count) {
-    auto o = quiet("bench-pub");
+    auto o = node_options_for("bench-pub");
     o.bind = {};
     o.workers = 1;
     plexus::node n(o);
@@ -149,7 +147,7 @@ int pub_raw(const std::string& env, long count) {
 // Says `ready` at the first warm-up event, then counts measured events until all
 // `count` came or none came for `idle_ms`. Prints `result <received> <last_ns> <gaps>`.
 int sub_plexus(const std::string& ep, long count, long idle_ms) {
-    auto o = quiet("bench-sub");
+    auto o = node_options_for("bench-sub");
     o.bind = {};
     o.pub_bind = {};
     o.subscribe_to = {ep};
@@ -253,11 +251,8 @@ int sub_raw(const std::string& ep, long count, long idle_ms) {
 int discovery_server(const std::string& cluster, std::uint16_t port, const std::string& svc,
                      const std::string& instance) {
     const long long entered = now_ns();
-    auto o = quiet(instance);
-    plexus::discovery::beacon_options d;
-    d.cluster = cluster;
-    d.port = port; // the default interval (1 s) and target (127.255.255.255: this host only)
-    o.discovery = d;
+    auto o = node_options_for(instance);
+    o.discovery = beacons(cluster, port);
     plexus::node n(o);
     static std::mutex out_mu; // lines from handler threads must not interleave
     n.serve(svc)
@@ -287,7 +282,7 @@ int discovery_server(const std::string& cluster, std::uint16_t port, const std::
 // over `cpu_s`, RSS with 1,000 asynchronous calls pending to a server that never answers.
 int resources_plexus(const std::string& silent_router, double cpu_s) {
     const long base = rss_kb();
-    auto o = quiet("bench-idle");
+    auto o = node_options_for("bench-idle");
     plexus::node n(o);
     n.serve(std::string(service))
         .raw_method(std::string(method_inline), echo, {.exec = plexus::execution::inline_loop})
@@ -349,7 +344,7 @@ int run_role(const std::vector<std::string>& a) {
     };
     const std::string& role = arg(0);
     if (role == "server") {
-        if (arg(1) == "plexus") return server_plexus(a.size() > 2 ? static_cast<unsigned>(to_long(a[2])) : 4u);
+        if (arg(1) == "plexus") return server_plexus();
         if (arg(1) == "raw-rep") return server_raw_rep(from_hex(arg(2)));
         if (arg(1) == "raw-router") return server_raw_router(from_hex(arg(2)));
     } else if (role == "pub") {

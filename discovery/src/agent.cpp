@@ -218,9 +218,8 @@ struct announced {
 
 struct peer_state {
     peer info;
-    bool joined = false;  // the whole payload has arrived once
-    bool have_digest = false;
-    std::uint64_t digest = 0;
+    bool joined = false;      // the whole payload has arrived once
+    std::uint64_t digest = 0; // of that payload, once joined
     sockaddr_in addr{};
     clock::time_point last_broadcast{};
     std::uint64_t pending_digest = 0;
@@ -269,6 +268,12 @@ public:
         std::lock_guard lk(stats_mu);
         stats.*field += n;
     }
+    // A datagram and its bytes under one lock (once per datagram on the hot path).
+    void count_datagram(std::uint64_t counters::*datagrams, std::uint64_t counters::*bytes, std::uint64_t n) {
+        std::lock_guard lk(stats_mu);
+        ++(stats.*datagrams);
+        stats.*bytes += n;
+    }
 
 private:
     void loop();
@@ -278,7 +283,8 @@ private:
     void on_hello(beacon& b, const sockaddr_in& from, clock::time_point now);
     void on_leave(const beacon& b, clock::time_point now);
     void on_gossip(const gossip_entry& g, const sockaddr_in& from, clock::time_point now);
-    void apply_payload(peer_state& st, payload p, std::uint64_t digest, const sockaddr_in& from);
+    // After on_hello has recorded the sender's address (st.info.host).
+    void apply_payload(peer_state& st, payload p, std::uint64_t digest);
     clock::time_point expire(clock::time_point now);
     void send_round(clock::time_point now);
     void send_push(clock::time_point now);
@@ -531,8 +537,7 @@ void agent_impl::drain(int fd) {
         socklen_t len = sizeof from;
         ssize_t n = ::recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC, reinterpret_cast<sockaddr*>(&from), &len);
         if (n < 0) return;  // EAGAIN, or an ICMP error queued on the socket: nothing to do
-        count(&counters::received);
-        count(&counters::received_bytes, static_cast<std::uint64_t>(n));
+        count_datagram(&counters::received, &counters::received_bytes, static_cast<std::uint64_t>(n));
         if (static_cast<std::size_t>(n) > max_datagram_size) {
             count(&counters::oversized);
             continue;
@@ -614,10 +619,10 @@ void agent_impl::on_hello(beacon& b, const sockaddr_in& from, clock::time_point 
         }
         if (b.flags & flag_broadcast) st.last_broadcast = now;
 
-        if (st.have_digest && st.digest == b.digest) {
+        if (st.joined && st.digest == b.digest) {
             if (renamed) emit(event_kind::update, leave_reason::none, st.info);
         } else if (b.parts == 1) {
-            apply_payload(st, std::move(b.body), b.digest, from);
+            apply_payload(st, std::move(b.body), b.digest);
         } else {
             if (st.pending_digest != b.digest || st.pending.size() != b.parts) {
                 st.pending_digest = b.digest;
@@ -628,7 +633,7 @@ void agent_impl::on_hello(beacon& b, const sockaddr_in& from, clock::time_point 
                 payload whole;
                 for (auto& x : st.pending) merge(whole, std::move(*x));
                 st.pending.clear();
-                apply_payload(st, std::move(whole), b.digest, from);
+                apply_payload(st, std::move(whole), b.digest);
             }
         }
     }
@@ -644,14 +649,12 @@ void agent_impl::on_hello(beacon& b, const sockaddr_in& from, clock::time_point 
     for (const auto& g : b.gossip) on_gossip(g, from, now);
 }
 
-void agent_impl::apply_payload(peer_state& st, payload p, std::uint64_t digest, const sockaddr_in& from) {
-    const std::string host = ip_string(from.sin_addr);
-    for (auto& [k, v] : p.endpoints) v = rewrite_wildcard(v, host);
+void agent_impl::apply_payload(peer_state& st, payload p, std::uint64_t digest) {
+    for (auto& [k, v] : p.endpoints) v = rewrite_wildcard(v, st.info.host);
     st.info.endpoints = std::move(p.endpoints);
     st.info.services = std::move(p.services);
     st.info.topics = std::move(p.topics);
     st.digest = digest;
-    st.have_digest = true;
     emit(st.joined ? event_kind::update : event_kind::join, leave_reason::none, st.info);
     st.joined = true;
 }
@@ -823,8 +826,7 @@ void agent_impl::send_raw(const sockaddr_in& to, const std::vector<std::uint8_t>
         count(&counters::send_errors);
         return;
     }
-    count(&counters::sent);
-    count(&counters::sent_bytes, static_cast<std::uint64_t>(n));
+    count_datagram(&counters::sent, &counters::sent_bytes, static_cast<std::uint64_t>(n));
 }
 
 void agent_impl::flush_events() {

@@ -19,7 +19,7 @@ void check_size(std::string_view what, const std::string& s, std::size_t max, bo
 }
 
 template <class Packer>
-void pack_str(Packer& pk, const std::string& s) {
+void pack_str(Packer& pk, std::string_view s) {
     pk.pack_str(static_cast<std::uint32_t>(s.size()));
     pk.pack_str_body(s.data(), static_cast<std::uint32_t>(s.size()));
 }
@@ -187,8 +187,7 @@ std::vector<std::uint8_t> encode(const beacon& b) {
     msgpack::sbuffer buf(256);
     msgpack::packer<msgpack::sbuffer> pk(buf);
     pk.pack_array(fields_v1);
-    pk.pack_str(static_cast<std::uint32_t>(beacon_magic.size()));
-    pk.pack_str_body(beacon_magic.data(), static_cast<std::uint32_t>(beacon_magic.size()));
+    pack_str(pk, beacon_magic);
     pk.pack_uint64(beacon_version);
     pk.pack_uint64(static_cast<std::uint64_t>(b.kind));
     pack_str(pk, b.cluster);
