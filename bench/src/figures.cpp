@@ -734,9 +734,7 @@ constexpr auto discovery_bound = 5s;
 constexpr std::string_view disc_service = "bench-disc";
 
 plexus::node_options discovering(std::string name, const std::string& cluster, std::uint16_t port) {
-    plexus::node_options o;
-    o.name = std::move(name);
-    o.log = plexus::log_level::warn;
+    auto o = node_options_for(std::move(name)); // as every node of the bench
     o.discovery = beacons(cluster, port);
     return o;
 }
