@@ -151,10 +151,7 @@ public:
     }
 
 private:
-    std::string endpoint() const {
-        auto eps = node_.endpoints();
-        return eps.empty() ? std::string() : eps.front();
-    }
+    std::string endpoint() const { return demo::first_endpoint(node_.endpoints()); }
 
     owned& find(const std::string& id) {
         auto it = deliveries_.find(id);
@@ -215,7 +212,7 @@ int main(int argc, char** argv) {
                     .raw_method(
                         "info", [s](plexus::request&) { return plexus::pack(s->info()); },
                         {.doc = "this instance: owned deliveries, drone feed"},
-                        std::string(1, '\xc0'), plexus::shape_of<demo::instance_info>());
+                        plexus::shape_of<void>(), plexus::shape_of<demo::instance_info>());
             };
             h.started = [=](plexus::node& node) {
                 auto* s = svc->get();

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
                             {.doc = "every event of a delivery, oldest first"})
                     .raw_method(
                         "sources", [s](plexus::request&) { return plexus::pack(s->sources()); },
-                        {.doc = "the delivery instances heard so far"}, std::string(1, '\xc0'),
+                        {.doc = "the delivery instances heard so far"}, plexus::shape_of<void>(),
                         plexus::shape_of<demo::sources_reply>());
             };
             h.started = [=](plexus::node& node) {

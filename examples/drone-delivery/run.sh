@@ -32,23 +32,10 @@ t0=$EPOCHREALTIME
 pids=()
 names=()
 
-# SIGTERM to every process still running, SIGKILL to what is left after 5 s.
-stop_all() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
+source "$here/../lib/procs.sh"
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    wait 2>/dev/null || true
+    stop_for_exit 5 # SIGKILL to what still runs after 5 s
     if ((rc == 0)) && [[ ${KEEP:-0} != 1 ]]; then
         rm -rf "$tmp"
     else
@@ -135,11 +122,6 @@ killed=$(sed -n 's/^killed \([^ ]*\) .*/\1/p' "$tmp/result" 2>/dev/null || true)
 
 echo "== 8. each delivery's trace id in the service logs (grep trace_id=ID logs/*.log)"
 fail=0
-check() { # description, condition...
-    local what=$1
-    shift
-    if "$@"; then echo "   ok: $what"; else echo "   FAILED: $what"; fail=1; fi
-}
 shown=
 while read -r kind id trace final owners; do
     [[ $kind == delivery ]] || continue
@@ -170,7 +152,7 @@ if [[ -n $shown ]]; then
 fi
 
 echo "== stopping every process with SIGTERM"
-stop_all
+stop_all 5
 for i in "${!pids[@]}"; do
     rc=0
     wait "${pids[$i]}" 2>/dev/null || rc=$?

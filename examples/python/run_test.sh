@@ -11,16 +11,11 @@ node_bin=${1:?usage: run_test.sh PATH/TO/plexus-node}
 python=/usr/bin/python3 # Debian's: it has python3-zmq and python3-msgpack
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/plexus-python.XXXXXX")
-node_pid=
+pids=()
+source "$here/../lib/procs.sh"
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n $node_pid ]]; then
-        kill -TERM "$node_pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$node_pid" 2>/dev/null || true
-        wait "$node_pid" 2>/dev/null || true
-    fi
+    stop_for_exit 5 # SIGKILL to a node still running after 5 s
     rm -rf "$tmp"
     exit "$rc"
 }
@@ -31,6 +26,7 @@ trap 'exit 130' INT TERM
 # default discovery port.
 "$node_bin" --name py-target --echo --heartbeat-interval 100 --discovery off --ready-file "$tmp/ready.json" &
 node_pid=$!
+pids=("$node_pid")
 
 # The node writes the ready file once bound; wait for it, bounded (10 s).
 for _ in $(seq 100); do
@@ -44,10 +40,11 @@ echo "run_test.sh: plexus-node ready at $rpc"
 
 "$python" "$here/client.py" "$rpc" --topic plexus.heartbeat --events 3 --timeout 10
 
-kill -TERM "$node_pid"
+# Bounded: a node that does not stop within 5 s gets SIGKILL (and fails, rc 137).
+stop_all 5
 rc=0
 wait "$node_pid" || rc=$?
-node_pid=
+pids=()
 if ((rc != 0)); then
     echo "run_test.sh: plexus-node exited $rc after SIGTERM" >&2
     exit 1

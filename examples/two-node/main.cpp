@@ -142,6 +142,7 @@ int main(int argc, char** argv) try {
     pthread_sigmask(SIG_BLOCK, &term, nullptr);
 
     std::atomic<int> served{0}, answered{0}, failed{0}, events{0};
+    const auto goal_reached = [&] { return answered >= cfg.rounds && served >= cfg.rounds && events >= cfg.rounds; };
 
     plexus::node node({.name = role, .log = plexus::log_level::warn});
     node.serve(role)
@@ -211,7 +212,7 @@ int main(int argc, char** argv) try {
             ++failed;
             say("call %s.hit round %d failed: %s", peer.c_str(), round, plexus::error(r.status).what());
         }
-        const bool goal = answered >= cfg.rounds && served >= cfg.rounds && events >= cfg.rounds;
+        const bool goal = goal_reached();
         if (goal && !goal_said) {
             say("goal reached: %d calls answered, %d served, %d events received", answered.load(), served.load(), events.load());
             goal_said = true;
@@ -224,7 +225,7 @@ int main(int argc, char** argv) try {
     }
     sub.cancel();
     node.stop();
-    const bool ok = answered >= cfg.rounds && served >= cfg.rounds && events >= cfg.rounds;
+    const bool ok = goal_reached();
     say("summary: calls_answered=%d calls_failed=%d served=%d events_received=%d %s", answered.load(), failed.load(),
         served.load(), events.load(), ok ? "OK" : "FAILED");
     return ok ? 0 : 1;

@@ -21,23 +21,10 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/plexus-two-node.XXXXXX")
 pids=()
 
-# SIGTERM to every process still listed, SIGKILL to what is left after 10 s.
-stop_all() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 100); do
-        local alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
+source "$here/../lib/procs.sh"
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    wait 2>/dev/null || true
+    stop_for_exit 10 # SIGKILL to what still runs after 10 s
     rm -rf "$tmp"
     exit "$rc"
 }
@@ -77,7 +64,7 @@ while ((SECONDS < deadline)); do
 done
 
 echo "== stopping both with SIGTERM"
-stop_all
+stop_all 10
 rc_ping=0
 rc_pong=0
 wait "$ping_pid" || rc_ping=$?
@@ -86,11 +73,6 @@ pids=()
 wait "${tees[@]}" 2>/dev/null || true
 
 fail=0
-check() { # description, condition...
-    local what=$1
-    shift
-    if "$@"; then echo "   ok: $what"; else echo "   FAILED: $what"; fail=1; fi
-}
 echo "== checks"
 check "both reached their goal before the bound" test "$reached" = 1
 check "ping exited 0 (rc=$rc_ping)" test "$rc_ping" = 0

@@ -4,12 +4,17 @@
 
 namespace plexus::nodes {
 
-void logger::log(log_level l, std::string_view msg, std::initializer_list<log_field> fields) {
-    if (!enabled(l)) return;
+std::string logger::head(log_level l) const {
     std::string line;
     append_logfmt(line, "ts", utc_timestamp());
     append_logfmt(line, "level", to_string(l));
     append_logfmt(line, "node", node_);
+    return line;
+}
+
+void logger::log(log_level l, std::string_view msg, std::initializer_list<log_field> fields) {
+    if (!enabled(l)) return;
+    std::string line = head(l);
     append_logfmt(line, "msg", msg);
     for (const auto& [k, v] : fields) append_logfmt(line, k, v);
     write(line);
@@ -21,10 +26,7 @@ std::function<void(log_level, std::string_view)> logger::sink() {
             write(text);
             return;
         }
-        std::string line;
-        append_logfmt(line, "ts", utc_timestamp());
-        append_logfmt(line, "level", to_string(l));
-        append_logfmt(line, "node", node_);
+        std::string line = head(l);
         line += ' ';
         line += text;
         write(line);

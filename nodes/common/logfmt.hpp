@@ -36,6 +36,8 @@ public:
     [[nodiscard]] std::function<void(log_level, std::string_view)> sink();
 
 private:
+    // "ts=... level=... node=...": what every line starts with.
+    [[nodiscard]] std::string head(log_level l) const;
     void write(std::string_view line);
 
     std::string node_;

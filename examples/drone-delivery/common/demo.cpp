@@ -166,20 +166,24 @@ plexus::node_options node_options(const options& o) {
     return n;
 }
 
-void block_stop_signals() {
+namespace {
+sigset_t stop_signals() {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    return set;
+}
+} // namespace
+
+void block_stop_signals() {
+    const sigset_t set = stop_signals();
     if (int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr); rc != 0)
         throw std::runtime_error(std::string("pthread_sigmask: ") + std::strerror(rc));
 }
 
 int wait_for_stop_signal() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    const sigset_t set = stop_signals();
     int sig = 0;
     while (sigwait(&set, &sig) != 0) {
     }
@@ -190,9 +194,7 @@ void write_ready_file(const options& o, const plexus::node& n) {
     if (o.ready_file.empty()) return;
     std::ostringstream s;
     s << "name=" << o.name << "\nrole=" << o.role << "\npid=" << ::getpid() << "\n";
-    auto eps = n.endpoints();
-    auto pubs = n.pub_endpoints();
-    s << "rpc=" << (eps.empty() ? "" : eps.front()) << "\npub=" << (pubs.empty() ? "" : pubs.front()) << "\n";
+    s << "rpc=" << first_endpoint(n.endpoints()) << "\npub=" << first_endpoint(n.pub_endpoints()) << "\n";
     s << "cluster=" << o.cluster << "\ndiscovery_port=" << n.discovery_port() << "\n";
     const std::string tmp = o.ready_file + ".tmp";
     {
@@ -214,6 +216,8 @@ std::map<std::string, std::string> read_ready_file(const std::string& path) {
         if (auto eq = line.find('='); eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 1);
     return out;
 }
+
+std::string first_endpoint(const std::vector<std::string>& endpoints) { return endpoints.empty() ? "" : endpoints.front(); }
 
 std::string current_user() {
     auto* c = plexus::context::current();
@@ -239,12 +243,9 @@ int run_service(int argc, char** argv, std::string role, std::string_view about,
         node.start();
         if (hooks.started) hooks.started(node);
         write_ready_file(o, node);
-        {
-            auto eps = node.endpoints();
-            node.log(plexus::log_level::info, "ready",
-                     {{"role", o.role}, {"rpc", eps.empty() ? "" : eps.front()}, {"cluster", o.cluster},
-                      {"discovery_port", std::to_string(node.discovery_port())}});
-        }
+        node.log(plexus::log_level::info, "ready",
+                 {{"role", o.role}, {"rpc", first_endpoint(node.endpoints())}, {"cluster", o.cluster},
+                  {"discovery_port", std::to_string(node.discovery_port())}});
         const int sig = wait_for_stop_signal();
         node.log(plexus::log_level::info, "stopping", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
         if (hooks.stopping) hooks.stopping();

@@ -90,6 +90,9 @@ void write_ready_file(const options& o, const plexus::node& n);
 void log_request(const plexus::node& n, std::string_view service, std::string_view method,
                  const plexus::headers& extra = {}, plexus::log_level level = plexus::log_level::info);
 
+// The first of a node's endpoints (the one a node on loopback has), "" if none.
+[[nodiscard]] std::string first_endpoint(const std::vector<std::string>& endpoints);
+
 // The user-id of the current context ("-" outside any, or without one).
 [[nodiscard]] std::string current_user();
 
