@@ -111,7 +111,7 @@ std::shared_ptr<endpoint_state> node_impl::resolve_now(std::string_view service,
     std::lock_guard lk(routes_mu_);
     if (auto it = routes_.find(service); it != routes_.end() && !it->second.instances.empty())
         return pick_locked(it->second, policy);
-    learning = !stopping_ && learning_locked();
+    learning = learning_locked(); // stopping is the callers' to decide (parked calls are cancelled at stop)
     return nullptr;
 }
 

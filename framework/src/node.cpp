@@ -467,12 +467,12 @@ void node_impl::drain_and_close() {
         }
     }
     sub_.reset();
-    monitors_.clear();
     {
         std::lock_guard lk(routes_mu_);
         for (auto& [ep, st] : endpoint_states_) st->io_sock = nullptr;
     }
-    async_socks_.clear();
+    while (!async_socks_.empty()) close_async_socket(async_socks_.begin());
+    monitors_.clear();
     async_socks_count_ = 0;
 }
 
@@ -684,9 +684,17 @@ void node_impl::endpoint_down(const std::string& endpoint, const std::string& wh
         log.write(log_level::info, "endpoint down", kv("endpoint", endpoint) + kv("why", why) + kv("failed_calls", failed.size()));
 }
 
+void node_impl::close_async_socket(std::map<std::string, zmq::socket_t>::iterator it) {
+    // The monitor first: libzmq sends monitor events from its I/O thread with a blocking
+    // send, so an event for a reader already closed would stall that thread - and with
+    // it every socket of the context - for good.
+    (void)zmq_socket_monitor(it->second.handle(), nullptr, 0);
+    monitors_.erase(it->first);
+    async_socks_.erase(it);
+}
+
 void node_impl::close_dead_endpoints() {
     for (auto& ep : dead_endpoints_) {
-        monitors_.erase(ep);
         auto it = async_socks_.find(ep);
         if (it == async_socks_.end()) continue;
         {
@@ -695,7 +703,7 @@ void node_impl::close_dead_endpoints() {
             if (auto st = endpoint_states_.find(ep); st != endpoint_states_.end() && st->second->io_sock == &it->second)
                 st->second->io_sock = nullptr;
         }
-        async_socks_.erase(it);
+        close_async_socket(it);
     }
     dead_endpoints_.clear();
     async_socks_count_ = async_socks_.size();

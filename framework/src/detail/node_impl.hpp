@@ -316,6 +316,7 @@ private:
     void cancel_queued_calls();
     void endpoint_down(const std::string& endpoint, const std::string& why);
     void close_dead_endpoints(); // end of an I/O turn: sockets of endpoints gone down
+    void close_async_socket(std::map<std::string, zmq::socket_t>::iterator it); // and its monitor
     std::vector<std::string> dead_endpoints_;
     void watch(const std::string& endpoint);
     std::size_t handle_monitor(const std::string& endpoint, zmq::socket_t& pair);
