@@ -807,22 +807,21 @@ TEST_CASE("malformed, foreign and oversized datagrams are counted and ignored", 
 TEST_CASE("seeds without broadcast: A seeds B, B seeds C, all converge by gossip", "[discovery]") {
     const auto cluster = unique_cluster("seeds");
     recorder ra, rb, rc;
+    // No broadcast, a port of its own, and at most one seed: the agent `seed`.
+    auto seeded = [&](const std::string& name, const disc::agent* seed) {
+        auto o = options(cluster, 0, name, 100ms);
+        o.broadcast.clear();
+        if (seed) o.seeds = {"127.0.0.1:" + std::to_string(seed->port())};
+        return o;
+    };
     const auto t0 = clk::now();
-    auto oc = options(cluster, 0, "c", 100ms);
-    oc.broadcast.clear();
-    disc::agent c(oc);
+    disc::agent c(seeded("c", nullptr));
     rc.attach(c);
     c.start();
-    auto ob = options(cluster, 0, "b", 100ms);
-    ob.broadcast.clear();
-    ob.seeds = {"127.0.0.1:" + std::to_string(c.port())};
-    disc::agent b(ob);
+    disc::agent b(seeded("b", &c));
     rb.attach(b);
     b.start();
-    auto oa = options(cluster, 0, "a", 100ms);
-    oa.broadcast.clear();
-    oa.seeds = {"127.0.0.1:" + std::to_string(b.port())};
-    disc::agent a(oa);
+    disc::agent a(seeded("a", &b));
     ra.attach(a);
     a.start();
     REQUIRE(ra.wait_live(2));

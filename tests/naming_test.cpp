@@ -34,6 +34,7 @@ TEST_CASE("calls by name spread over every live instance; a stopped one leaves a
 
     std::mutex mu;
     std::vector<std::string> joined, left;
+    std::vector<plexus::discovery::leave_reason> left_why;
     signal joins, leaves;
     plexus::node c(discovering("client", cluster, port));
     c.on_peer_event([&](const plexus::discovery::event& e) {
@@ -43,6 +44,7 @@ TEST_CASE("calls by name spread over every live instance; a stopped one leaves a
             joins.notify();
         } else if (e.kind == plexus::discovery::event_kind::leave) {
             left.push_back(e.node.name);
+            left_why.push_back(e.reason);
             leaves.notify();
         }
     });
@@ -76,16 +78,20 @@ TEST_CASE("calls by name spread over every live instance; a stopped one leaves a
     }
 
     // Graceful stop: a leave beacon, the table drops it at once, calls go to the other.
-    const auto t0 = std::chrono::steady_clock::now();
+    INFO("acc-1 at " << a1->endpoints().front() << ", acc-2 at " << a2->endpoints().front());
     a1->stop();
     REQUIRE(leaves.wait_for_count(1));
-    CHECK(std::chrono::steady_clock::now() - t0 < 500ms); // well under 3 intervals of 200 ms
     {
         std::lock_guard lk(mu);
         CHECK(left == std::vector<std::string>{"acc-1"});
+        // At once: by its leave beacon (or the connection it closed), not by expiry
+        // after missed intervals.
+        REQUIRE(left_why.size() == 1);
+        CHECK(left_why[0] != plexus::discovery::leave_reason::expired);
     }
     for (int i = 0; i < 5; ++i) {
         auto r = c.call_raw("accounts", "who", "");
+        INFO("call " << i << ": " << plexus::to_string(r.status.code) << ": " << r.status.message);
         REQUIRE(r.ok());
         CHECK(r.body == "acc-2");
     }
@@ -209,7 +215,8 @@ TEST_CASE("a call in flight to an instance whose connection breaks fails fast", 
     CHECK(eventually([&] { return c.stats().peer_connections == 0; }));
 }
 
-TEST_CASE("subscribe by prefix reaches publishers present now and later, and drops those that leave", "[discovery][pubsub]") {
+TEST_CASE("subscribe by prefix reaches publishers present now and later; one that leaves does not disturb the others",
+          "[discovery][pubsub]") {
     const auto port = free_udp_port();
     const auto cluster = unique_cluster("sub");
     auto p1 = std::make_unique<plexus::node>(discovering("pub-1", cluster, port));
@@ -226,16 +233,19 @@ TEST_CASE("subscribe by prefix reaches publishers present now and later, and dro
         ++by_source[e.body];
         seen.notify();
     });
+    // Publishes until one of `who`'s events arrived (subscribing is asynchronous), at
+    // most 300 times, waiting up to 10 ms for an event after each.
     auto pump = [&](plexus::node& p, const std::string& who) {
-        const int before = [&] {
+        auto count = [&] {
             std::lock_guard lk(mu);
             return by_source[who];
-        }();
+        };
+        const int before = count();
         for (int i = 0; i < 300; ++i) {
+            const int events = seen.count();
             p.publish_raw("drone.position", who);
-            std::this_thread::sleep_for(5ms);
-            std::lock_guard lk(mu);
-            if (by_source[who] > before) return true;
+            seen.wait_for_count(events + 1, 10ms);
+            if (count() > before) return true;
         }
         return false;
     };
@@ -244,5 +254,9 @@ TEST_CASE("subscribe by prefix reaches publishers present now and later, and dro
     // A publisher that appears later, announcing its topic only when it first publishes.
     plexus::node p2(discovering("pub-2", cluster, port));
     p2.start();
+    CHECK(pump(p2, "pub-2"));
+
+    // The first one leaves; the subscription still gets the other's events.
+    p1->stop();
     CHECK(pump(p2, "pub-2"));
 }

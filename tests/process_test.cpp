@@ -1270,9 +1270,7 @@ TEST_CASE("plexus-node stops within its bound while metrics clients hold connect
         const auto it = sockets.find(port);
         return it == sockets.end() ? -1 : it->second;
     };
-    const auto deadline = steady::now() + 10s;
-    while (queued() != 0 && steady::now() < deadline) std::this_thread::sleep_for(10ms);
-    CHECK(queued() == 0);
+    CHECK(testutil::eventually([&] { return queued() == 0; }, 10s));
 
     CHECK(n.stop(SIGTERM, 10s) == 0); // killed, and failed, when the bound passes
     CHECK(n.log().find("msg=stopped") != std::string::npos);

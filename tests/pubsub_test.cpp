@@ -17,16 +17,6 @@ struct position {
     MSGPACK_DEFINE_MAP(x, y)
 };
 
-// Subscribing is asynchronous (the slow-joiner gap): publish probes on `topic`
-// until the subscriber has seen one, so the test starts from a known state.
-void await_subscription(plexus::node& pub, const std::string& topic, signal& seen, int already = 0) {
-    for (int i = 0; i < 500 && seen.count() <= already; ++i) {
-        pub.publish_raw(topic, "probe");
-        seen.wait_for_count(already + 1, 10ms);
-    }
-    REQUIRE(seen.count() > already);
-}
-
 } // namespace
 
 TEST_CASE("events reach subscribers by topic prefix, with headers and sequence numbers", "[pubsub]") {
@@ -53,7 +43,7 @@ TEST_CASE("events reach subscribers by topic prefix, with headers and sequence n
         std::lock_guard lk(mu);
         other_events.push_back(e);
     });
-    await_subscription(p, "drone.probe", probe_seen);
+    REQUIRE(await_subscription(p, "drone.probe", probe_seen));
 
     REQUIRE(p.publish("drone.position", position{1.5, 2.5}, {{"user-id", "7"}}));
     REQUIRE(p.publish("drone.position", position{3, 4}));
@@ -165,7 +155,7 @@ TEST_CASE("back-pressure: a fast publisher loses nothing with overflow::block", 
         if (e.body != "probe") ++data;
         seen.notify();
     }, plexus::execution::inline_loop);
-    await_subscription(p, "bp", seen);
+    REQUIRE(await_subscription(p, "bp", seen));
     constexpr int n = 50000;
     int accepted = 0;
     for (int i = 0; i < n; ++i) accepted += p.publish_raw("bp", std::string(64, 'x')) ? 1 : 0;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -58,13 +59,25 @@ private:
     int count_ = 0;
 };
 
+// Publishes "probe" events on `topic` until `seen` counts more than `already`: a
+// subscription is asynchronous, and events published before it reaches the publisher
+// are lost. False when none arrived after 500 probes (about 5 s).
+inline bool await_subscription(plexus::node& pub, const std::string& topic, signal& seen, int already = 0) {
+    for (int i = 0; i < 500 && seen.count() <= already; ++i) {
+        pub.publish_raw(topic, "probe");
+        seen.wait_for_count(already + 1, std::chrono::milliseconds(10));
+    }
+    return seen.count() > already;
+}
+
 // Options for a node on loopback with free ports and quiet logs.
 inline plexus::node_options loopback(std::string name) {
     plexus::node_options o;
     o.name = std::move(name);
     o.bind = {"tcp://127.0.0.1:*"};
     o.pub_bind = {"tcp://127.0.0.1:*"};
-    o.log = plexus::log_level::error;
+    // PLEXUS_TEST_DEBUG=1: the nodes' debug lines (each request handled, peers, ...) on stderr.
+    o.log = std::getenv("PLEXUS_TEST_DEBUG") ? plexus::log_level::debug : plexus::log_level::error;
     o.default_timeout = 3000ms;
     o.shutdown_timeout = 1000ms;
     return o;
